@@ -1,0 +1,1 @@
+"""Pydantic messages and config, and the SQLModel tables of the store. No I/O happens here."""

@@ -1,0 +1,1 @@
+"""Pure, deterministic rules (no I/O, no clock): imported by workflows and by backtests alike."""

