@@ -157,6 +157,8 @@ class Store:
 
     def mark(self, hedge_id: str, mark_price: Decimal) -> Hedge:
         """Revalue the open position at a mark price (unrealised PnL)."""
+        if not isinstance(mark_price, Decimal):
+            raise TypeError(f"money must be Decimal, not {type(mark_price).__name__} ({mark_price!r})")
         with self._write() as session:
             hedge = self._locked(session, hedge_id)
             hedge.mark_price = mark_price

@@ -76,6 +76,12 @@ def rebuild(deltas: list[Delta] | tuple[Delta, ...]) -> Position:
     return position
 
 
+def _tidy(x: Decimal) -> Decimal:
+    """Drop trailing zeros (48.650000000000 -> 48.65) without switching to exponent form (1E+3)."""
+    n = x.normalize(_CTX)
+    return n.quantize(Decimal(1)) if n.as_tuple().exponent > 0 else n
+
+
 def _sign(x: Decimal) -> int:
     return (x > 0) - (x < 0)
 
@@ -97,7 +103,7 @@ def fill_deltas(position: Position, signed_qty: Decimal, price: Decimal, *, liqu
     if size != 0 and _sign(remaining) != _sign(size):
         closing = -remaining if abs(remaining) <= abs(size) else size  # quantity of the old side closed
         full = closing == size
-        released = cost if full else _CTX.quantize(_CTX.divide(_CTX.multiply(cost, closing), size), COST_QUANTUM)
+        released = cost if full else _tidy(_CTX.quantize(_CTX.divide(_CTX.multiply(cost, closing), size), COST_QUANTUM))
         realised = _CTX.subtract(_CTX.multiply(closing, price), released)
         kind = LedgerEventType.LIQUIDATION if liquidation else (
             LedgerEventType.CLOSE if full else LedgerEventType.DECREASE)

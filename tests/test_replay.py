@@ -1,0 +1,32 @@
+"""Every workflow replays its committed histories: a code change that would break running workflows
+(non-determinism) fails here instead of wedging production runs. Each workflow must have one."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.worker import Replayer
+
+from worker import SANDBOX
+from workflows import ALL_WORKFLOWS
+
+HISTORIES = Path(__file__).parent / "histories"
+
+
+def histories_of(name: str) -> list[Path]:
+    return sorted(HISTORIES.glob(f"{name}*.json"))
+
+
+@pytest.mark.parametrize("workflow", ALL_WORKFLOWS, ids=lambda w: w.__name__)
+async def test_recorded_histories_replay(workflow):
+    files = histories_of(workflow.__name__)
+    assert files, f"no recorded history for {workflow.__name__} in {HISTORIES}: record one (tests/record_history.py)"
+    replayer = Replayer(workflows=ALL_WORKFLOWS, data_converter=pydantic_data_converter, workflow_runner=SANDBOX)
+    for path in files:
+        history = WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
+        result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+        assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
