@@ -19,7 +19,13 @@ from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxR
 
 from activities import build_activities
 from activities.store import Store
-from activities.temporal_client import TemporalUnreachable, connect, metrics_runtime
+from activities.temporal_client import (
+    SearchAttributesMissing,
+    TemporalUnreachable,
+    connect,
+    ensure_search_attributes,
+    metrics_runtime,
+)
 from models.settings import Settings, SettingsError, load_settings
 from workflows import ALL_WORKFLOWS
 
@@ -48,6 +54,9 @@ async def serve(settings: Settings, *, connect_wait_s: float) -> None:
     revision = await asyncio.to_thread(store.migrate)
     runtime = metrics_runtime(settings.metrics_bind) if settings.metrics_bind else None
     client = await connect(settings, runtime=runtime, wait_s=connect_wait_s)
+    added = await ensure_search_attributes(client, settings.temporal_namespace)
+    if added:
+        log.info("registered search attributes %s in namespace %s", ", ".join(added), settings.temporal_namespace)
     worker = build_worker(client, settings, store)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -73,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         settings = load_settings()
         asyncio.run(serve(settings, connect_wait_s=args.connect_wait))
-    except (SettingsError, TemporalUnreachable) as exc:
+    except (SettingsError, TemporalUnreachable, SearchAttributesMissing) as exc:
         print(f"worker.py: {exc}", file=sys.stderr, flush=True)
         return 2
     return 0

@@ -83,6 +83,8 @@ class Store:
         cfg = Config()
         cfg.set_main_option("script_location", str(MIGRATIONS))
         with self._writer.begin() as conn:
+            if not self.is_sqlite:  # workers starting together migrate one at a time
+                conn.exec_driver_sql("SELECT pg_advisory_xact_lock(7410001)")
             cfg.attributes["connection"] = conn
             command.upgrade(cfg, "head")
         revision = self.schema_revision()

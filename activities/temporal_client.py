@@ -37,3 +37,37 @@ async def connect(settings: Settings, *, runtime: Runtime | None = None, wait_s:
                     f"cannot reach Temporal at {settings.temporal_address} (HEDGEGUARD_TEMPORAL_ADDRESS): "
                     f"{reason}. Is it running? `make run` starts one.") from None
             await asyncio.sleep(0.5)
+
+
+class SearchAttributesMissing(RuntimeError):
+    pass
+
+
+async def ensure_search_attributes(client: Client, namespace: str) -> list[str]:
+    """Register any of hedgeguard's search attributes the namespace lacks; returns the names added.
+
+    A workflow that upserts an unknown attribute fails its task every 10 s forever, so the worker refuses
+    to start rather than run against a namespace it cannot fully register.
+    """
+    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest, ListSearchAttributesRequest
+    from temporalio.service import RPCError
+
+    from models.search_attributes import ALL
+
+    existing = (await client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace))).custom_attributes
+    wrong = [f"{k.name} is {existing[k.name]} not {k.indexed_value_type}" for k in ALL
+             if k.name in existing and existing[k.name] != k.indexed_value_type]
+    if wrong:
+        raise SearchAttributesMissing("search attributes with the wrong type in namespace "
+                                      f"{namespace!r}: {'; '.join(wrong)}")
+    missing = {k.name: k.indexed_value_type for k in ALL if k.name not in existing}
+    if missing:
+        try:
+            await client.operator_service.add_search_attributes(
+                AddSearchAttributesRequest(namespace=namespace, search_attributes=missing))
+        except RPCError as exc:
+            raise SearchAttributesMissing(
+                f"namespace {namespace!r} lacks search attributes {', '.join(missing)} and this worker may not add "
+                f"them ({exc.message}); register them with `temporal operator search-attribute create`") from None
+    return sorted(missing)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from datetime import UTC, datetime
 from decimal import Decimal as D
 
@@ -13,6 +14,23 @@ from models.ledger import HedgeLedgerEvent, HedgeStatus, LedgerImmutableError
 from models.venue_events import VenueFill, VenueFunding
 
 TS = datetime(2022, 11, 9, 21, 0, tzinfo=UTC)
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store(request, tmp_path) -> Store:
+    """Every store test runs on both backends the schema promises."""
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'store.db'}"
+    else:
+        url = request.getfixturevalue("postgres_url")
+        admin = Store(url)
+        with admin.engine.begin() as conn:
+            conn.exec_driver_sql("DROP SCHEMA public CASCADE; CREATE SCHEMA public")
+        admin.close()
+    store = Store(url)
+    store.migrate()
+    yield store
+    store.close()
 
 
 def fill(fill_id: str, side: str, qty: str, price: str, fee: str = "0", **kw) -> VenueFill:
@@ -100,6 +118,22 @@ def test_enrolment_retry_returns_the_hedge_and_a_conflict_is_refused(store: Stor
     with pytest.raises(StoreError, match="different settings"):
         store.create_hedge(id=hedge, book="loan", exposure_id="L-1", venue="bybit", account="desk",
                            symbol="BTCUSDT", side="long")
+
+
+def test_concurrent_ingestion_loses_no_update(store: Store, hedge: str):
+    """Two writers appending fills to one hedge at once: the running figures still add up."""
+    def writer(prefix: str, side: str) -> None:
+        for i in range(15):
+            store.record(hedge, [fill(f"{prefix}{i}", side, "0.01", str(60000 + i))])
+
+    threads = [threading.Thread(target=writer, args=("s", "sell")), threading.Thread(target=writer, args=("b", "buy")),
+               threading.Thread(target=writer, args=("t", "sell"))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert store.get_hedge(hedge).current_size == D("-0.15")
+    assert len(store.events(hedge)) >= 45 and store.verify(hedge) == []
 
 
 def test_verify_reports_a_tampered_running_figure(store: Store, hedge: str):

@@ -85,3 +85,22 @@ async def test_search_attributes_are_registered(dev_env: WorkflowEnvironment, at
     resp = await dev_env.client.operator_service.list_search_attributes(
         ListSearchAttributesRequest(namespace=dev_env.client.namespace))
     assert attribute in resp.custom_attributes
+
+
+async def test_worker_registers_missing_search_attributes_in_a_new_namespace(dev_env: WorkflowEnvironment):
+    from google.protobuf.duration_pb2 import Duration
+    from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
+    from temporalio.api.workflowservice.v1 import RegisterNamespaceRequest
+
+    from activities.temporal_client import ensure_search_attributes
+    from models.search_attributes import ALL
+
+    namespace = f"ns-{uuid.uuid4().hex[:8]}"
+    await dev_env.client.workflow_service.register_namespace(RegisterNamespaceRequest(
+        namespace=namespace, workflow_execution_retention_period=Duration(seconds=86400)))
+    added = await ensure_search_attributes(dev_env.client, namespace)
+    assert added == sorted(k.name for k in ALL)
+    listed = (await dev_env.client.operator_service.list_search_attributes(
+        ListSearchAttributesRequest(namespace=namespace))).custom_attributes
+    assert {k.name for k in ALL} <= set(listed)
+    assert await ensure_search_attributes(dev_env.client, namespace) == []  # idempotent
