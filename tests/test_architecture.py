@@ -53,3 +53,14 @@ def test_workflows_use_no_wall_clock():
                     isinstance(node.value, ast.Name) and node.value.id == "workflow"):
                 calls.append(f"{path.name}:{node.lineno}")
     assert calls == []
+
+
+def test_workflows_do_not_read_settings():
+    """models/ is passed through the sandbox as pure code; settings read the environment, so no workflow may."""
+    offenders = []
+    for path in sources("workflows"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module == "models.settings" or isinstance(
+                    node, ast.Import) and any(a.name == "models.settings" for a in node.names):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
