@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import re
 import tomllib
+from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -75,6 +76,12 @@ class Settings(BaseSettings):
     secrets_file: Path | None = Field(None, description="TOML file with [venue.account] api_key/api_secret")
     metrics_bind: str = Field("127.0.0.1:9464", description="host:port for Prometheus metrics; empty: off")
     state_dir: Path = Field(Path(".state"), description="where make run keeps the dev server's files")
+    # paper mode: the loopback emulators of `python -m sim` (its default ports)
+    paper_control_url: str = Field("http://127.0.0.1:18080", description="the simulator's control API")
+    paper_bybit_url: str = Field("http://127.0.0.1:18081", description="the Bybit emulator")
+    paper_binanceusdm_url: str = Field("http://127.0.0.1:18082", description="the Binance USD-M emulator")
+    paper_balance_usdt: Decimal = Field(Decimal("100000"), gt=0, description="USDT a new paper account starts with")
+    venue_timeout_ms: int = Field(10_000, ge=1000, le=120_000, description="how long a venue request may take")
 
     @field_validator("accounts", mode="before")
     @classmethod
@@ -103,6 +110,16 @@ class Settings(BaseSettings):
         if value and not _HOSTPORT_RE.match(value):
             raise ValueError(f"{value!r} is not host:port (or empty to switch metrics off)")
         return value
+
+    @field_validator("paper_control_url", "paper_bybit_url", "paper_binanceusdm_url")
+    @classmethod
+    def _loopback(cls, value: str) -> str:
+        if not re.match(r"^http://(127\.\d+\.\d+\.\d+|localhost|\[::1\]):\d+/?$", value):
+            raise ValueError(f"{value!r}: paper venues are loopback emulators (http://127.0.0.1:PORT)")
+        return value.rstrip("/")
+
+    def paper_url(self, venue: str) -> str:
+        return {"bybit": self.paper_bybit_url, "binanceusdm": self.paper_binanceusdm_url}[venue]
 
     @field_validator("database_url")
     @classmethod
@@ -165,6 +182,8 @@ class Settings(BaseSettings):
             "database_url": url, "accounts": self.accounts,
             "secrets_file": str(self.secrets_file) if self.secrets_file else None,
             "metrics_bind": self.metrics_bind or None, "state_dir": str(self.state_dir),
+            **({"paper_control_url": self.paper_control_url, "paper_bybit_url": self.paper_bybit_url,
+                "paper_binanceusdm_url": self.paper_binanceusdm_url} if self.mode == "paper" else {}),
         }
 
 

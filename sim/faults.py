@@ -1,0 +1,79 @@
+"""Faults a test or a person asks the emulators to inject, and the log of every call they answered."""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+KINDS = ("http500", "rate_limit", "timeout_after_accept", "reject", "ws_drop", "latency")
+# Faults that only make sense on order entry default to it; the rest hit every private call.
+ORDER_ENTRY_ONLY = ("timeout_after_accept", "reject")
+
+
+@dataclass
+class Fault:
+    venue: str
+    kind: str
+    count: int
+    path: str | None = None  # substring of the request path; None: the kind's default scope
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def public(self) -> dict[str, Any]:
+        return {"venue": self.venue, "kind": self.kind, "remaining": self.count, "path": self.path, **self.params}
+
+
+class Faults:
+    def __init__(self) -> None:
+        self.pending: list[Fault] = []
+
+    def add(self, venue: str, kind: str, count: int = 1, path: str | None = None, **params: Any) -> Fault:
+        if kind not in KINDS:
+            raise ValueError(f"unknown fault kind {kind!r}; one of {', '.join(KINDS)}")
+        if count < 1:
+            raise ValueError("count must be at least 1")
+        fault = Fault(venue=venue, kind=kind, count=count, path=path, params=params)
+        self.pending.append(fault)
+        return fault
+
+    def take(self, venue: str, path: str, *, order_entry: bool, private: bool) -> Fault | None:
+        """The next fault that applies to this request, consuming one of its count."""
+        for fault in self.pending:
+            if fault.venue != venue or fault.kind == "ws_drop":
+                continue
+            if fault.path is not None:
+                applies = fault.path in path
+            elif fault.kind in ORDER_ENTRY_ONLY:
+                applies = order_entry
+            else:
+                applies = private
+            if applies:
+                fault.count -= 1
+                if fault.count <= 0:
+                    self.pending.remove(fault)
+                return fault
+        return None
+
+    def take_ws_drops(self, venue: str) -> int:
+        drops = 0
+        for fault in [f for f in self.pending if f.venue == venue and f.kind == "ws_drop"]:
+            drops += fault.count
+            self.pending.remove(fault)
+        return drops
+
+    def clear(self) -> None:
+        self.pending.clear()
+
+
+class CallLog:
+    """Every request an emulator answered, newest last (bounded)."""
+
+    def __init__(self, limit: int = 50_000) -> None:
+        self.entries: deque[dict[str, Any]] = deque(maxlen=limit)
+
+    def add(self, **entry: Any) -> None:
+        self.entries.append(entry)
+
+    def query(self, venue: str | None = None, path: str | None = None) -> list[dict[str, Any]]:
+        return [e for e in self.entries if (venue is None or e["venue"] == venue)
+                and (path is None or path in e["path"])]
