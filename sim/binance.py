@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from sim.common import VenueContext, hmac_hex, hold, json_response, num, same
+from sim.common import ACCOUNT, PARAMS, VenueContext, hmac_hex, hold, json_response, num, same
 from sim.engine import Account, Order, Position, Reject, RejectReason, Status
 from sim.market import wall_ms
 
@@ -109,7 +109,8 @@ class BinanceApp:
         body = await request.text() if request.method in ("POST", "PUT") else ""
         entry: dict[str, Any] = {"venue": "binanceusdm", "method": request.method, "path": path, "ts_ms": wall_ms(),
                                  "query": request.rel_url.raw_query_string}
-        fault = self.ctx.faults.take("binanceusdm", path, order_entry=order_entry, private=not public)
+        self.ctx.calls.add(entry)  # logged on arrival; the outcome is filled in below
+        fault = self.ctx.faults.take("binanceusdm", path, method=request.method, order_entry=order_entry, private=not public)
         try:
             if fault and fault.kind == "latency":
                 await asyncio.sleep(float(fault.params.get("ms", 500)) / 1000)
@@ -125,7 +126,7 @@ class BinanceApp:
             entry["account"] = account.name if account else None
             if fault and fault.kind == "reject":
                 raise BinanceError(int(fault.params.get("code", -1013)), fault.params.get("message", "Filter failure."))
-            request["account"], request["params"] = account, params
+            request[ACCOUNT], request[PARAMS] = account, params
             response = await handler(request)
             if fault and fault.kind == "timeout_after_accept":
                 entry["held"] = True
@@ -140,8 +141,6 @@ class BinanceApp:
             code, message = REJECT_CODES.get(rej.reason, (-1013, "Filter failure."))
             entry.update(status=400, code=code, msg=rej.message)
             return json_response({"code": code, "msg": message}, status=400)
-        finally:
-            self.ctx.calls.add(**entry)
 
     def _authenticate(self, request: web.Request, body: str, params: dict[str, str]) -> Account:
         key = request.headers.get("X-MBX-APIKEY")
@@ -244,7 +243,7 @@ class BinanceApp:
                     "lastPrice": num(last), "lastQty": "0.001", "openPrice": num(last), "highPrice": num(last),
                     "lowPrice": num(last), "volume": "0", "quoteVolume": "0", "openTime": now - 86_400_000,
                     "closeTime": now, "firstId": 0, "lastId": 0, "count": 0}
-        return self._each(request["params"], render)
+        return self._each(request[PARAMS], render)
 
     async def book_ticker(self, request: web.Request) -> web.Response:
         def render(symbol: str) -> dict[str, Any]:
@@ -252,7 +251,7 @@ class BinanceApp:
             size = num(self.ctx.engine.config.level_qty)
             return {"symbol": symbol, "bidPrice": num(bid), "bidQty": size, "askPrice": num(ask), "askQty": size,
                     "time": wall_ms()}
-        return self._each(request["params"], render)
+        return self._each(request[PARAMS], render)
 
     async def premium_index(self, request: web.Request) -> web.Response:
         def render(symbol: str) -> dict[str, Any]:
@@ -262,11 +261,11 @@ class BinanceApp:
             return {"symbol": symbol, "markPrice": num(quote.mark), "indexPrice": num(quote.index),
                     "estimatedSettlePrice": num(quote.index), "lastFundingRate": num(quote.funding_rate),
                     "interestRate": "0.00010000", "nextFundingTime": next_funding, "time": wall_ms()}
-        return self._each(request["params"], render)
+        return self._each(request[PARAMS], render)
 
     # -- orders ---------------------------------------------------------------------------------
     async def order_new(self, request: web.Request) -> web.Response:
-        params, account = request["params"], request["account"]
+        params, account = request[PARAMS], request[ACCOUNT]
         symbol = self._symbol(params)
         side, kind = params.get("side", ""), params.get("type", "")
         if side not in ("BUY", "SELL"):
@@ -289,11 +288,11 @@ class BinanceApp:
         return json_response(render_order(order))
 
     def _find(self, request: web.Request) -> Order | None:
-        params = request["params"]
+        params = request[PARAMS]
         self._symbol(params)
         if not params.get("orderId") and not params.get("origClientOrderId"):
             raise BinanceError(-1102, "Either orderId or origClientOrderId must be sent.")
-        return self.ctx.engine.find(request["account"], order_id=params.get("orderId"),
+        return self.ctx.engine.find(request[ACCOUNT], order_id=params.get("orderId"),
                                     client_id=params.get("origClientOrderId"))
 
     async def order_query(self, request: web.Request) -> web.Response:
@@ -306,20 +305,20 @@ class BinanceApp:
         order = self._find(request)
         if order is None or not order.status.open:
             raise BinanceError(-2011, "Unknown order sent.")
-        self.ctx.engine.cancel(request["account"], order_id=order.order_id)
+        self.ctx.engine.cancel(request[ACCOUNT], order_id=order.order_id)
         return json_response(render_order(order))
 
     async def open_orders(self, request: web.Request) -> web.Response:
-        symbol = self._symbol(request["params"], required=False)
-        return json_response([render_order(o) for o in request["account"].open_orders(symbol)])
+        symbol = self._symbol(request[PARAMS], required=False)
+        return json_response([render_order(o) for o in request[ACCOUNT].open_orders(symbol)])
 
     async def all_orders(self, request: web.Request) -> web.Response:
-        symbol = self._symbol(request["params"])
-        orders = [o for o in request["account"].orders if o.symbol == symbol]
-        return json_response([render_order(o) for o in orders][-int(request["params"].get("limit") or 500):])
+        symbol = self._symbol(request[PARAMS])
+        orders = [o for o in request[ACCOUNT].orders if o.symbol == symbol]
+        return json_response([render_order(o) for o in orders][-int(request[PARAMS].get("limit") or 500):])
 
     async def user_trades(self, request: web.Request) -> web.Response:
-        params, account = request["params"], request["account"]
+        params, account = request[PARAMS], request[ACCOUNT]
         symbol = self._symbol(params)
         fills = [f for f in account.fills if f.symbol == symbol and f.exec_type != "Funding"]
         if params.get("fromId"):
@@ -346,7 +345,7 @@ class BinanceApp:
                  "maintMarginRatio": float(inst.maintenance_margin_rate), "cum": 0.0},
                 {"bracket": 2, "initialLeverage": 100, "notionalCap": 600000, "notionalFloor": 50000,
                  "maintMarginRatio": 0.005, "cum": 50.0}]}
-        symbol = self._symbol(request["params"], required=False)
+        symbol = self._symbol(request[PARAMS], required=False)
         return json_response([render(symbol)] if symbol else [render(s) for s in self.ctx.engine.instruments])
 
     def _position_row(self, account: Account, pos: Position) -> dict[str, Any]:
@@ -365,8 +364,8 @@ class BinanceApp:
                 "maxNotionalValue": "50000"}
 
     async def position_risk(self, request: web.Request) -> web.Response:
-        account: Account = request["account"]
-        symbol = self._symbol(request["params"], required=False)
+        account: Account = request[ACCOUNT]
+        symbol = self._symbol(request[PARAMS], required=False)
         symbols = [symbol] if symbol else list(self.ctx.engine.instruments)
         rows = []
         for s in symbols:
@@ -376,7 +375,7 @@ class BinanceApp:
         return json_response(rows)
 
     async def income(self, request: web.Request) -> web.Response:
-        params, account = request["params"], request["account"]
+        params, account = request[PARAMS], request[ACCOUNT]
         symbol = self._symbol(params, required=False)
         rows = [i for i in account.incomes if (not symbol or i.symbol == symbol)
                 and (not params.get("incomeType") or i.type == params["incomeType"])]
@@ -390,11 +389,11 @@ class BinanceApp:
                               for i in rows])
 
     async def leverage(self, request: web.Request) -> web.Response:
-        params = request["params"]
+        params = request[PARAMS]
         symbol = self._symbol(params)
         lev = dec(params, "leverage")
         try:
-            self.ctx.engine.set_leverage(request["account"], symbol, lev)
+            self.ctx.engine.set_leverage(request[ACCOUNT], symbol, lev)
         except Reject:
             raise BinanceError(-4028, f"Leverage {params.get('leverage')} is not valid") from None
         return json_response({"leverage": int(lev), "maxNotionalValue": "50000", "symbol": symbol})
@@ -412,10 +411,10 @@ class BinanceApp:
         return rows
 
     async def balance(self, request: web.Request) -> web.Response:
-        return json_response(self._assets(request["account"]))
+        return json_response(self._assets(request[ACCOUNT]))
 
     async def account_info(self, request: web.Request) -> web.Response:
-        account: Account = request["account"]
+        account: Account = request[ACCOUNT]
         usdt = account.balances.get("USDT", Decimal(0))
         return json_response({"totalWalletBalance": num(usdt), "totalMarginBalance": num(usdt),
                               "availableBalance": num(account.available()), "maxWithdrawAmount": num(account.available()),

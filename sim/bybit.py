@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from sim.common import VenueContext, hmac_hex, hold, json_response, num, same
+from sim.common import ACCOUNT, PARAMS, VenueContext, hmac_hex, hold, json_response, num, same
 from sim.engine import Account, Fill, Order, Position, Reject, RejectReason, Status
 from sim.market import wall_ms
 
@@ -38,6 +38,13 @@ REJECT_CODES = {
 }
 ORDER_STATUS = {Status.NEW: "New", Status.PARTIALLY_FILLED: "PartiallyFilled", Status.FILLED: "Filled",
                 Status.CANCELLED: "Cancelled", Status.EXPIRED: "Cancelled", Status.REJECTED: "Rejected"}
+
+
+OTHER_CATEGORIES = ("inverse", "spot", "option")  # real categories this emulator lists nothing in
+
+
+class EmptyCategory(Exception):
+    """A read for a category the emulator does not trade: Bybit would answer an (empty) list."""
 
 
 class BybitError(Exception):
@@ -172,7 +179,8 @@ class BybitApp:
         body = await request.text() if request.method == "POST" else ""
         entry: dict[str, Any] = {"venue": "bybit", "method": request.method, "path": path, "ts_ms": wall_ms(),
                                  "query": request.rel_url.raw_query_string, "referer": request.headers.get("Referer")}
-        fault = self.ctx.faults.take("bybit", path, order_entry=order_entry, private=private)
+        self.ctx.calls.add(entry)  # logged on arrival; the outcome is filled in below
+        fault = self.ctx.faults.take("bybit", path, method=request.method, order_entry=order_entry, private=private)
         try:
             if fault and fault.kind == "latency":
                 await asyncio.sleep(float(fault.params.get("ms", 500)) / 1000)
@@ -189,8 +197,8 @@ class BybitApp:
             entry["account"] = account.name if account else None
             if fault and fault.kind == "reject":
                 raise BybitError(int(fault.params.get("code", 10001)), fault.params.get("message", "params error"))
-            request["account"] = account
-            request["params"] = json.loads(body) if body else dict(request.query)
+            request[ACCOUNT] = account
+            request[PARAMS] = json.loads(body) if body else dict(request.query)
             response = await handler(request)
             if fault and fault.kind == "timeout_after_accept":
                 entry["held"] = True
@@ -200,6 +208,12 @@ class BybitApp:
                 response.headers.update({"X-Bapi-Limit": "10", "X-Bapi-Limit-Status": "9",
                                          "X-Bapi-Limit-Reset-Timestamp": str(wall_ms() + 1000)})
             return response
+        except EmptyCategory as empty:
+            if order_entry:
+                entry.update(status=200, ret_code=10001)
+                return json_response(envelope({}, 10001, f"params error: category {empty.args[0]} not traded here"))
+            entry.update(status=200, ret_code=0)
+            return json_response(envelope({"category": empty.args[0], "list": [], "nextPageCursor": ""}))
         except BybitError as err:
             entry.update(status=200, ret_code=err.code, ret_msg=err.message)
             return json_response(envelope({}, err.code, err.message))
@@ -207,8 +221,6 @@ class BybitApp:
             code, message = REJECT_CODES[rej.reason]
             entry.update(status=200, ret_code=code, ret_msg=rej.message)
             return json_response(envelope({}, code, f"{message} ({rej.message})"))
-        finally:
-            self.ctx.calls.add(**entry)
 
     def _authenticate(self, request: web.Request, body: str) -> Account:
         key = request.headers.get("X-BAPI-API-KEY", "")
@@ -232,8 +244,10 @@ class BybitApp:
 
     def _category(self, params: dict[str, Any], *, required: bool = True) -> None:
         category = params.get("category")
+        if category in OTHER_CATEGORIES:
+            raise EmptyCategory(category)
         if category != CATEGORY and (required or category):
-            raise BybitError(10001, f"params error: category {category!r} not supported here (linear only)")
+            raise BybitError(10001, f"params error: category {category!r} invalid")
 
     # -- market ---------------------------------------------------------------------------------
     async def market_time(self, request: web.Request) -> web.Response:
@@ -241,7 +255,7 @@ class BybitApp:
         return json_response(envelope({"timeSecond": str(now // 1_000_000_000), "timeNano": str(now)}))
 
     async def instruments_info(self, request: web.Request) -> web.Response:
-        params = request["params"]
+        params = request[PARAMS]
         self._category(params)
         rows = []
         if params.get("status") not in ("PreLaunch", "Delivering", "Closed"):
@@ -284,7 +298,7 @@ class BybitApp:
         return ((epoch_h // 8) + 1) * 8 * 3600 * 1000
 
     async def tickers(self, request: web.Request) -> web.Response:
-        params = request["params"]
+        params = request[PARAMS]
         self._category(params)
         symbols = [params["symbol"]] if params.get("symbol") else list(self.ctx.engine.instruments)
         if any(s not in self.ctx.engine.instruments for s in symbols):
@@ -293,7 +307,7 @@ class BybitApp:
 
     # -- orders ---------------------------------------------------------------------------------
     async def order_create(self, request: web.Request) -> web.Response:
-        params, account = request["params"], request["account"]
+        params, account = request[PARAMS], request[ACCOUNT]
         self._category(params)
         side = str(params.get("side", ""))
         order_type = str(params.get("orderType", ""))
@@ -324,32 +338,32 @@ class BybitApp:
         return [o for o in orders if not symbol or o.symbol == symbol][: int(params.get("limit") or 50)]
 
     async def order_realtime(self, request: web.Request) -> web.Response:
-        params = request["params"]
+        params = request[PARAMS]
         self._category(params)
         open_only = str(params.get("openOnly", "0")) == "0"
-        orders = self._orders(request["account"], params, open_only=open_only)
+        orders = self._orders(request[ACCOUNT], params, open_only=open_only)
         return json_response(envelope({"category": CATEGORY, "list": [render_order(o) for o in orders],
                                        "nextPageCursor": ""}))
 
     async def order_history(self, request: web.Request) -> web.Response:
-        params = request["params"]
+        params = request[PARAMS]
         self._category(params)
-        orders = self._orders(request["account"], params, open_only=False)
+        orders = self._orders(request[ACCOUNT], params, open_only=False)
         return json_response(envelope({"category": CATEGORY, "list": [render_order(o) for o in orders],
                                        "nextPageCursor": ""}))
 
     async def order_cancel(self, request: web.Request) -> web.Response:
-        params = request["params"]
+        params = request[PARAMS]
         self._category(params)
         if not params.get("orderId") and not params.get("orderLinkId"):
             raise BybitError(10001, "params error: orderId or orderLinkId is required")
-        order = self.ctx.engine.cancel(request["account"], order_id=params.get("orderId"),
+        order = self.ctx.engine.cancel(request[ACCOUNT], order_id=params.get("orderId"),
                                        client_id=params.get("orderLinkId"))
         return json_response(envelope({"orderId": order.order_id, "orderLinkId": order.client_id}))
 
     # -- executions, positions, account ---------------------------------------------------------
     async def execution_list(self, request: web.Request) -> web.Response:
-        params, account = request["params"], request["account"]
+        params, account = request[PARAMS], request[ACCOUNT]
         self._category(params)
         fills = list(reversed(account.fills))  # newest first, as Bybit lists them
         for key, attr in (("symbol", "symbol"), ("orderId", "order_id"), ("orderLinkId", "client_id"),
@@ -368,7 +382,7 @@ class BybitApp:
                                        "list": [render_execution(f, account.by_id.get(f.order_id)) for f in page]}))
 
     async def position_list(self, request: web.Request) -> web.Response:
-        params, account = request["params"], request["account"]
+        params, account = request[PARAMS], request[ACCOUNT]
         self._category(params)
         symbols = [params["symbol"]] if params.get("symbol") else list(self.ctx.engine.instruments)
         rows = []
@@ -380,7 +394,7 @@ class BybitApp:
         return json_response(envelope({"category": CATEGORY, "list": rows, "nextPageCursor": ""}))
 
     async def set_leverage(self, request: web.Request) -> web.Response:
-        params, account = request["params"], request["account"]
+        params, account = request[PARAMS], request[ACCOUNT]
         self._category(params)
         buy, sell = dec(params, "buyLeverage"), dec(params, "sellLeverage")
         if buy != sell:
@@ -391,7 +405,7 @@ class BybitApp:
         return json_response(envelope({}))
 
     async def add_margin(self, request: web.Request) -> web.Response:
-        params, account = request["params"], request["account"]
+        params, account = request[PARAMS], request[ACCOUNT]
         self._category(params)
         symbol = str(params.get("symbol"))
         pos = self.ctx.engine.add_margin(account, symbol, dec(params, "margin"))
@@ -400,7 +414,7 @@ class BybitApp:
             pos, self.ctx.market.quote(symbol).mark, inst.maintenance_margin_rate)}))
 
     async def wallet_balance(self, request: web.Request) -> web.Response:
-        account: Account = request["account"]
+        account: Account = request[ACCOUNT]
         coins = []
         for coin, amount in sorted(account.balances.items()):
             held = account.balances.get(coin) - account.available() if coin == "USDT" else Decimal(0)
@@ -433,15 +447,15 @@ class BybitApp:
             raise BybitError(148002, rej.message) from None
 
     async def loan_repay(self, request: web.Request) -> web.Response:
-        params = request["params"]
+        params = request[PARAMS]
         if params.get("loanCurrency") != "USDT":
             raise BybitError(148001, "loanCurrency not supported")
         amount = dec(params, "amount")
-        record = self._loan_call(lambda: self._loans().repay(request["account"], amount))
+        record = self._loan_call(lambda: self._loans().repay(request[ACCOUNT], amount))
         return json_response(envelope({"repayId": record["repayId"]}))
 
     async def loan_ongoing(self, request: web.Request) -> web.Response:
-        loans, account = self._loans(), request["account"]
+        loans, account = self._loans(), request[ACCOUNT]
         loan = loans.loans.get(account.name)
         rows = []
         if loan is not None and loan.status == "active":
@@ -450,34 +464,34 @@ class BybitApp:
         return json_response(envelope({"list": rows}))
 
     async def loan_repayments(self, request: web.Request) -> web.Response:
-        loans, account = self._loans(), request["account"]
+        loans, account = self._loans(), request[ACCOUNT]
         loan = loans.loans.get(account.name)
         rows = [{"loanCurrency": r["loanCurrency"], "repayAmount": num(r["repayAmount"]), "repayId": r["repayId"],
                  "repayStatus": 1, "repayTime": r["repayTime"], "repayType": 1} for r in (loan.repayments if loan else [])]
-        if request["params"].get("repayId"):
-            rows = [r for r in rows if r["repayId"] == request["params"]["repayId"]]
+        if request[PARAMS].get("repayId"):
+            rows = [r for r in rows if r["repayId"] == request[PARAMS]["repayId"]]
         return json_response(envelope({"list": list(reversed(rows)), "nextPageCursor": ""}))
 
     async def loan_adjust(self, request: web.Request) -> web.Response:
-        params = request["params"]
+        params = request[PARAMS]
         if params.get("currency") != "BTC":
             raise BybitError(148001, "currency not supported as collateral here")
         amount, direction = dec(params, "amount"), str(params.get("direction"))
-        record = self._loan_call(lambda: self._loans().adjust(request["account"], amount, direction))
+        record = self._loan_call(lambda: self._loans().adjust(request[ACCOUNT], amount, direction))
         return json_response(envelope({"adjustId": record["adjustId"]}))
 
     async def loan_adjustments(self, request: web.Request) -> web.Response:
-        loans, account = self._loans(), request["account"]
+        loans, account = self._loans(), request[ACCOUNT]
         loan = loans.loans.get(account.name)
         rows = [{"adjustId": r["adjustId"], "adjustTime": r["adjustTime"], "afterLTV": r["afterLTV"],
                  "preLTV": r["preLTV"], "amount": num(r["amount"]), "collateralCurrency": r["collateralCurrency"],
                  "direction": int(r["direction"]), "status": 1} for r in (loan.adjustments if loan else [])]
-        if request["params"].get("adjustId"):
-            rows = [r for r in rows if str(r["adjustId"]) == str(request["params"]["adjustId"])]
+        if request[PARAMS].get("adjustId"):
+            rows = [r for r in rows if str(r["adjustId"]) == str(request[PARAMS]["adjustId"])]
         return json_response(envelope({"list": list(reversed(rows)), "nextPageCursor": ""}))
 
     async def loan_position(self, request: web.Request) -> web.Response:
-        loans, account = self._loans(), request["account"]
+        loans, account = self._loans(), request[ACCOUNT]
         loan = loans.loans.get(account.name)
         price = self.ctx.market.quote(loans.symbol).risk_price
         if loan is None or loan.status != "active":

@@ -17,6 +17,10 @@ from sim.faults import CallLog, Faults
 from sim.loans import LoanBook
 from sim.market import Market
 
+ACCOUNT = web.RequestKey("account", object)
+PARAMS = web.RequestKey("params", dict)
+BODY = web.RequestKey("body", dict)
+
 
 def num(value: Decimal | None, places: int | None = None) -> str:
     """A venue number as the venues send them: a plain decimal string, no exponent."""

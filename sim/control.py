@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from sim.common import json_response, num
+from sim.common import BODY, json_response, num
 from sim.engine import Account, Order
 from sim.faults import KINDS
 from sim.replay import parse_ts
@@ -117,7 +117,7 @@ class ControlApp:
                     raise ControlError("body must be JSON") from None
                 if not isinstance(body, dict):
                     raise ControlError("body must be a JSON object")
-                request["body"] = body
+                request[BODY] = body
             return await handler(request)
         except (ControlError, ValueError, KeyError) as exc:
             message = str(exc) if not isinstance(exc, KeyError) else f"unknown {exc.args[0]}"
@@ -153,7 +153,7 @@ class ControlApp:
             "accounts": {v: len(e.accounts) for v, e in self.sim.engines.items()}})
 
     async def price(self, request: web.Request) -> web.Response:
-        body = request["body"]
+        body = request[BODY]
         symbol = str(body.get("symbol", "BTCUSDT"))
         quote = self.sim.market.set_price(symbol, _dec(body, "price"), index=_dec(body, "index", required=False),
                                           mark=_dec(body, "mark", required=False),
@@ -162,7 +162,7 @@ class ControlApp:
         return json_response({"symbol": symbol, "last": quote.last, "index": quote.index, "mark": quote.mark})
 
     async def replay(self, request: web.Request) -> web.Response:
-        body = request["body"]
+        body = request[BODY]
         if "file" not in body:
             raise ControlError("file is required")
         speed = float(body.get("speed", 60))
@@ -178,7 +178,7 @@ class ControlApp:
         return json_response({"replay": None})
 
     async def replay_step(self, request: web.Request) -> web.Response:
-        body = request["body"]
+        body = request[BODY]
         points = int(body.get("points", 0)) + 4 * int(body.get("bars", 0)) or 1
         taken = self.sim.step_replay(points)
         return json_response({"points": taken, "replay": self.sim.replay.status()})
@@ -186,13 +186,13 @@ class ControlApp:
     async def replay_seek(self, request: web.Request) -> web.Response:
         if self.sim.replay is None:
             raise ControlError("no replay loaded")
-        self.sim.replay.seek(_ts(str(request["body"].get("ts", ""))))
+        self.sim.replay.seek(_ts(str(request[BODY].get("ts", ""))))
         return json_response(self.sim.replay.status())
 
     async def replay_speed(self, request: web.Request) -> web.Response:
         if self.sim.replay is None:
             raise ControlError("no replay loaded")
-        speed = float(request["body"].get("speed", 0))
+        speed = float(request[BODY].get("speed", 0))
         if speed < 0:
             raise ControlError("speed must be >= 0")
         self.sim.replay.speed = speed
@@ -201,7 +201,7 @@ class ControlApp:
 
     # -- faults ---------------------------------------------------------------------------------
     async def fault(self, request: web.Request) -> web.Response:
-        body = dict(request["body"])
+        body = dict(request[BODY])
         venue = body.pop("venue", None)
         if venue not in self.sim.engines:
             raise ControlError(f"venue must be one of {', '.join(self.sim.engines)}")
@@ -209,8 +209,8 @@ class ControlApp:
         if kind not in KINDS:
             raise ControlError(f"kind must be one of {', '.join(KINDS)}")
         count = int(body.pop("count", 1))
-        path = body.pop("path", None)
-        fault = self.sim.faults.add(venue, kind, count, path, **body)
+        path, method = body.pop("path", None), body.pop("method", None)
+        fault = self.sim.faults.add(venue, kind, count, path, method, **body)
         dropped = 0
         if kind == "ws_drop" and venue == "bybit":
             self.sim.faults.take_ws_drops(venue)
@@ -253,7 +253,7 @@ class ControlApp:
         return json_response(self.sim.loans.snapshot())
 
     async def loan_open(self, request: web.Request) -> web.Response:
-        body = request["body"]
+        body = request[BODY]
         account = self.sim.engines["bybit"].account_by_name(str(body.get("account", "")))
         if account is None:
             raise ControlError(f"no bybit account {body.get('account')!r}: create it with POST /control/accounts")
@@ -262,7 +262,7 @@ class ControlApp:
         return json_response([loan for loan in self.sim.loans.snapshot() if loan["account"] == account.name][0])
 
     async def account_create(self, request: web.Request) -> web.Response:
-        body = request["body"]
+        body = request[BODY]
         engine = self.sim.engines.get(str(body.get("venue")))
         if engine is None:
             raise ControlError(f"venue must be one of {', '.join(self.sim.engines)}")
@@ -286,19 +286,19 @@ class ControlApp:
         return json_response(self.sim.calls.query(request.query.get("venue"), request.query.get("path")))
 
     async def advance(self, request: web.Request) -> web.Response:
-        seconds = float(request["body"].get("seconds", 0))
+        seconds = float(request[BODY].get("seconds", 0))
         if seconds <= 0:
             raise ControlError("seconds must be positive")
         self.sim.advance(seconds)
         return json_response({"market_time": self.sim.market_time().isoformat()})
 
     async def funding(self, request: web.Request) -> web.Response:
-        body = request["body"]
+        body = request[BODY]
         return json_response(self.sim.settle_funding(symbol=body.get("symbol"),
                                                      rate=_dec(body, "rate", required=False)))
 
     async def config(self, request: web.Request) -> web.Response:
-        body = dict(request["body"])
+        body = dict(request[BODY])
         if "liquidation_ltv" in body:
             self.sim.loans.liquidation_ltv = _dec(body, "liquidation_ltv")
         venue = body.pop("venue", None)

@@ -17,29 +17,33 @@ class Fault:
     kind: str
     count: int
     path: str | None = None  # substring of the request path; None: the kind's default scope
+    method: str | None = None  # only requests with this HTTP method
     params: dict[str, Any] = field(default_factory=dict)
 
     def public(self) -> dict[str, Any]:
-        return {"venue": self.venue, "kind": self.kind, "remaining": self.count, "path": self.path, **self.params}
+        return {"venue": self.venue, "kind": self.kind, "remaining": self.count, "path": self.path,
+                "method": self.method, **self.params}
 
 
 class Faults:
     def __init__(self) -> None:
         self.pending: list[Fault] = []
 
-    def add(self, venue: str, kind: str, count: int = 1, path: str | None = None, **params: Any) -> Fault:
+    def add(self, venue: str, kind: str, count: int = 1, path: str | None = None, method: str | None = None,
+            **params: Any) -> Fault:
         if kind not in KINDS:
             raise ValueError(f"unknown fault kind {kind!r}; one of {', '.join(KINDS)}")
         if count < 1:
             raise ValueError("count must be at least 1")
-        fault = Fault(venue=venue, kind=kind, count=count, path=path, params=params)
+        fault = Fault(venue=venue, kind=kind, count=count, path=path, method=method.upper() if method else None,
+                      params=params)
         self.pending.append(fault)
         return fault
 
-    def take(self, venue: str, path: str, *, order_entry: bool, private: bool) -> Fault | None:
+    def take(self, venue: str, path: str, *, method: str, order_entry: bool, private: bool) -> Fault | None:
         """The next fault that applies to this request, consuming one of its count."""
         for fault in self.pending:
-            if fault.venue != venue or fault.kind == "ws_drop":
+            if fault.venue != venue or fault.kind == "ws_drop" or (fault.method and fault.method != method):
                 continue
             if fault.path is not None:
                 applies = fault.path in path
@@ -71,7 +75,8 @@ class CallLog:
     def __init__(self, limit: int = 50_000) -> None:
         self.entries: deque[dict[str, Any]] = deque(maxlen=limit)
 
-    def add(self, **entry: Any) -> None:
+    def add(self, entry: dict[str, Any]) -> None:
+        """Log a request as it arrives; the caller fills in the outcome on the same dict."""
         self.entries.append(entry)
 
     def query(self, venue: str | None = None, path: str | None = None) -> list[dict[str, Any]]:

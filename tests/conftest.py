@@ -92,3 +92,35 @@ def postgres_url() -> Iterator[str]:
     finally:
         run(str(bindir / "pg_ctl"), "-D", str(data / "db"), "-m", "immediate", "stop")
         shutil.rmtree(data, ignore_errors=True)
+
+
+# -- the simulated venues ----------------------------------------------------------------------------
+TEST_PRICES = {"BTCUSDT": "60000", "ETHUSDT": "3000"}  # round numbers set by the tests, not market history
+
+
+@pytest.fixture
+async def sim():
+    from decimal import Decimal
+
+    from sim.server import Simulator
+
+    simulator = Simulator(prices={k: Decimal(v) for k, v in TEST_PRICES.items()}, hold_timeout_s=3.0)
+    await simulator.start(ports={"control": 0, "bybit": 0, "binanceusdm": 0})
+    yield simulator
+    await simulator.stop()
+
+
+@pytest.fixture
+def paper_settings(sim, store: Store, tmp_path: Path) -> Settings:
+    return Settings(database_url=str(store.engine.url), metrics_bind="", state_dir=tmp_path / "state",
+                    paper_control_url=sim.urls["control"], paper_bybit_url=sim.urls["bybit"],
+                    paper_binanceusdm_url=sim.urls["binanceusdm"], venue_timeout_ms=2000)
+
+
+@pytest.fixture
+async def venues(paper_settings: Settings):
+    from activities.venues import VenuePool
+
+    pool = VenuePool(paper_settings)
+    yield pool
+    await pool.close()

@@ -65,7 +65,8 @@ def run_stack(env: dict[str, str], ports: dict[str, int], runs_expected: int) ->
     """Start the stack, check it, Ctrl-C it; return the child pids it reported and its output."""
     proc = subprocess.Popen(
         [sys.executable, "scripts/devstack.py", "--temporal-port", str(ports["grpc"]), "--ui-port", str(ports["ui"]),
-         "--metrics-port", str(ports["metrics"])], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+         "--metrics-port", str(ports["metrics"]), "--sim-ports", *(str(p) for p in ports["sim"])],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True)
     out = []
     deadline = time.monotonic() + 60
@@ -78,11 +79,13 @@ def run_stack(env: dict[str, str], ports: dict[str, int], runs_expected: int) ->
     assert "Ctrl-C stops everything" in text, text
     with urllib.request.urlopen(f"http://localhost:{ports['ui']}/", timeout=5) as resp:  # noqa: S310
         assert resp.status == 200
-    status_env = {**env, "HEDGEGUARD_TEMPORAL_ADDRESS": f"127.0.0.1:{ports['grpc']}"}
+    status_env = {**env, "HEDGEGUARD_TEMPORAL_ADDRESS": f"127.0.0.1:{ports['grpc']}",
+                  "HEDGEGUARD_PAPER_CONTROL_URL": f"http://127.0.0.1:{ports['sim'][0]}"}
     status = subprocess.run([sys.executable, "starter.py", "status", "--json"], cwd=ROOT, capture_output=True,
                             text=True, timeout=60, env=status_env)
     assert status.returncode == 0, status.stderr
-    assert json.loads(status.stdout)["store_current"] is True
+    report = json.loads(status.stdout)
+    assert report["store_current"] is True and report["paper_venues"]["reachable"] is True
     assert health_runs(ports["grpc"], runs_expected) == runs_expected  # earlier runs' workflows survive
     pids = [int(p) for p in re.findall(r"\(pid (\d+)\)", text)]
     proc.send_signal(signal.SIGINT)  # what Ctrl-C delivers
@@ -94,10 +97,11 @@ def run_stack(env: dict[str, str], ports: dict[str, int], runs_expected: int) ->
 def test_make_run_starts_stops_clean_and_restarts_on_the_same_state(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEDGEGUARD_") and k != "DATABASE_URL"}
     env.update(HEDGEGUARD_STATE_DIR=str(tmp_path / "state"), DATABASE_URL=f"sqlite:///{tmp_path / 'state' / 'hg.db'}")
-    ports = {"grpc": free_port(), "ui": free_port(), "metrics": free_port()}
+    ports = {"grpc": free_port(), "ui": free_port(), "metrics": free_port(),
+             "sim": [free_port(), free_port(), free_port()]}
 
     first_pids, first = run_stack(env, ports, runs_expected=1)
-    assert len(first_pids) == 2 and "temporal   up" in first and "worker     up" in first
+    assert len(first_pids) == 3 and "temporal   up" in first and "worker     up" in first and "sim        up" in first
     assert "nothing left running" in first
     time.sleep(0.5)
     assert [p for p in first_pids if alive(p)] == []
@@ -117,7 +121,8 @@ def test_a_busy_port_is_refused_with_a_clear_line(tmp_path: Path):
         busy = held.getsockname()[1]
         env = {**os.environ, "HEDGEGUARD_STATE_DIR": str(tmp_path)}
         result = subprocess.run([sys.executable, "scripts/devstack.py", "--temporal-port", str(busy),
-                                 "--ui-port", str(free_port()), "--metrics-port", str(free_port())],
+                                 "--ui-port", str(free_port()), "--metrics-port", str(free_port()),
+                                 "--sim-ports", str(free_port()), str(free_port()), str(free_port())],
                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert f"port(s) {busy} on 127.0.0.1 already in use" in result.stderr

@@ -79,17 +79,23 @@ def test_user_mistakes_are_one_line_and_non_zero(cli_env, ledger, args, env_extr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
 
 
-async def test_status_reports_worker_and_store(dev_env: WorkflowEnvironment, cli_env, settings: Settings,
-                                               store: Store, task_queue: str):
+async def test_status_reports_worker_store_and_paper_venues(dev_env: WorkflowEnvironment, cli_env, sim,
+                                                            paper_settings: Settings, store: Store, task_queue: str):
     env = {**cli_env, "HEDGEGUARD_TEMPORAL_ADDRESS": dev_env.client.service_client.config.target_host,
            "HEDGEGUARD_TASK_QUEUE": task_queue}
     no_worker = await _run(env, "status")
     assert no_worker.returncode == 1 and f"no worker polls task queue '{task_queue}'" in no_worker.stderr
-    async with build_worker(dev_env.client, settings, store, task_queue=task_queue):
+    async with build_worker(dev_env.client, paper_settings, store, task_queue=task_queue):
         result = await _run(env, "status", "--json")
+        table = await _run(env, "status")
+        await sim.stop()
+        down = await _run(env, "status")
     assert result.returncode == 0, result.stderr
     status = json.loads(result.stdout)
     assert status["workers_polling"] >= 1 and status["store_current"] is True and status["mode"] == "paper"
+    assert status["paper_venues"]["reachable"] is True and "BTCUSDT 60000" in status["paper_venues"]["detail"]
+    assert "paper venues  up: BTCUSDT 60000" in table.stdout
+    assert down.returncode == 1 and "paper venues  DOWN" in down.stdout
 
 
 async def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:

@@ -3,6 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
+import models.loan  # noqa: F401  (registers loan_intent in the metadata)
 from models.ledger import SQLModel
 
 target_metadata = SQLModel.metadata
