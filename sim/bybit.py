@@ -140,6 +140,7 @@ class BybitApp:
         self._public: dict[web.WebSocketResponse, tuple[set[str], asyncio.Queue]] = {}
         self._private: dict[web.WebSocketResponse, tuple[Account, set[str], asyncio.Queue]] = {}
         self._conn_ids = itertools.count(1)
+        self.connections_opened = 0
         ctx.market.subscribe(self._on_price)
         ctx.engine.subscribe(self._on_engine)
 
@@ -518,6 +519,7 @@ class BybitApp:
         await ws.prepare(request)
         drops = self.ctx.faults.take_ws_drops("bybit")
         self.sockets.add(ws)
+        self.connections_opened += 1
         queue: asyncio.Queue = asyncio.Queue()
         conn_id = f"sim-{next(self._conn_ids)}"
 
