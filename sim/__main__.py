@@ -67,7 +67,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         asyncio.run(serve(args))
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError) as exc:  # a missing data file says which
         print(f"python -m sim: {exc}", file=sys.stderr)
         return 2
     return 0

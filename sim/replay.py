@@ -10,13 +10,15 @@ from __future__ import annotations
 import csv
 import gzip
 import io
+import os
 from bisect import bisect_right
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 
-DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+# ../shared/data beside the repository, or wherever HEDGEGUARD_DATA_DIR says
+DATA_DIR = Path(os.environ.get("HEDGEGUARD_DATA_DIR") or Path(__file__).resolve().parent.parent.parent / "shared" / "data")
 FUNDING_FILE = "funding_binance_usdm_8h_btcusdt_ethusdt_2020-01-01_2026-06-30.csv"
 
 

@@ -32,6 +32,9 @@ HOUR = timedelta(hours=1)
 
 def last_close(path: Path) -> tuple[Decimal, str]:
     """The last close in a real hourly file, and its time: the static price when nothing is replayed."""
+    if not path.is_file():
+        raise FileNotFoundError(f"market data {path} not found: ../shared/data must sit beside the repository, "
+                                "or set HEDGEGUARD_DATA_DIR")
     with gzip.open(path, "rt") as fh:
         last = fh.read().rstrip().rsplit("\n", 1)[-1].split(",")
     return Decimal(last[4]), last[0]

@@ -25,6 +25,14 @@ def accounts(sim):
         sim.engines[venue].create_account("hand", KEY, SECRET, {"USDT": D("1000")})
 
 
+def with_timestamp(change: dict) -> dict:
+    """Offsets become timestamps when the request is made, not when tests are collected."""
+    change = dict(change)
+    if "ts_offset_ms" in change:
+        change["ts"] = int(time.time() * 1000) + change.pop("ts_offset_ms")
+    return change
+
+
 async def bybit(sim, method: str, path: str, *, query: str = "", body: dict | None = None, ts: int | None = None,
                 secret: str = SECRET, key: str = KEY, recv: int = 5000):
     ts = ts if ts is not None else int(time.time() * 1000)
@@ -64,10 +72,11 @@ async def test_bybit_accepts_a_hand_signed_get_and_post(sim, accounts):
 
 @pytest.mark.parametrize("change,code", [
     ({"secret": "wrong"}, 10004), ({"key": "nobody"}, 10003),
-    ({"ts": int(time.time() * 1000) - 6_000}, 10002),  # older than the 5 s recv window
-    ({"ts": int(time.time() * 1000) + 5_000}, 10002),  # more than 1 s ahead of the server
+    ({"ts_offset_ms": -6_000}, 10002),  # older than the 5 s recv window
+    ({"ts_offset_ms": 5_000}, 10002),  # more than 1 s ahead of the server
 ])
 async def test_bybit_refusals(sim, accounts, change, code):
+    change = with_timestamp(change)
     status, data = await bybit(sim, "GET", "/v5/position/list", query="category=linear&symbol=BTCUSDT", **change)
     assert (status, data["retCode"]) == (200, code) and data["result"] == {}
 
@@ -94,9 +103,10 @@ async def test_binance_accepts_hand_signed_requests(sim, accounts):
 
 @pytest.mark.parametrize("change,status,code", [
     ({"secret": "wrong"}, 400, -1022), ({"key": "nobody"}, 401, -2015), ({"key": None}, 401, -2014),
-    ({"ts": int(time.time() * 1000) - 6_000}, 400, -1021), ({"ts": int(time.time() * 1000) + 2_000}, 400, -1021),
+    ({"ts_offset_ms": -6_000}, 400, -1021), ({"ts_offset_ms": 2_000}, 400, -1021),
 ])
 async def test_binance_refusals(sim, accounts, change, status, code):
+    change = with_timestamp(change)
     got_status, data = await binance(sim, "GET", "/fapi/v3/positionRisk", "symbol=BTCUSDT", **change)
     assert (got_status, data["code"]) == (status, code)
 
