@@ -26,6 +26,7 @@ from activities.temporal_client import (
     ensure_search_attributes,
     metrics_runtime,
 )
+from activities.venues import VenuePool
 from models.settings import Settings, SettingsError, load_settings
 from workflows import ALL_WORKFLOWS
 
@@ -36,13 +37,14 @@ log = logging.getLogger("hedgeguard.worker")
 SANDBOX = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules("models", "risk"))
 
 
-def build_worker(client: Client, settings: Settings, store: Store, *, task_queue: str | None = None) -> Worker:
+def build_worker(client: Client, settings: Settings, store: Store, venues: VenuePool, *,
+                 task_queue: str | None = None) -> Worker:
     """The worker exactly as production registers it; tests build theirs with this too."""
     return Worker(
         client,
         task_queue=task_queue or settings.task_queue,
         workflows=ALL_WORKFLOWS,
-        activities=build_activities(settings, store),
+        activities=build_activities(settings, store, venues),
         workflow_runner=SANDBOX,
         max_cached_workflows=1000,
         graceful_shutdown_timeout=timedelta(seconds=10),
@@ -57,7 +59,8 @@ async def serve(settings: Settings, *, connect_wait_s: float) -> None:
     added = await ensure_search_attributes(client, settings.temporal_namespace)
     if added:
         log.info("registered search attributes %s in namespace %s", ", ".join(added), settings.temporal_namespace)
-    worker = build_worker(client, settings, store)
+    venues = VenuePool(settings)
+    worker = build_worker(client, settings, store, venues)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -69,6 +72,7 @@ async def serve(settings: Settings, *, connect_wait_s: float) -> None:
               f"store schema {revision}, metrics {metrics}", flush=True)
         await stop.wait()
         print("hedgeguard worker stopping (finishing running activities, up to 10 s)", flush=True)
+    await venues.close()
     store.close()
 
 

@@ -228,18 +228,27 @@ class Store:
             key = venue_event.funding_id or venue_event.ts.isoformat()
             return [row(funding_delta(venue_event.amount), 0, venue_event_id=key, fee_asset=None)]
         rows = [row(delta, part, venue_event_id=venue_event.fill_id, price=venue_event.price,
-                    quantity=delta.size)
+                    quantity=delta.size, client_order_id=venue_event.client_order_id)
                 for part, delta in enumerate(fill_deltas(position, venue_event.signed_qty, venue_event.price,
                                                          liquidation=venue_event.liquidation))]
         if venue_event.fee != 0:
             rows.append(row(fee_delta(venue_event.fee), len(rows), venue_event_id=venue_event.fill_id,
-                            fee=venue_event.fee, fee_asset=venue_event.fee_asset))
+                            fee=venue_event.fee, fee_asset=venue_event.fee_asset,
+                            client_order_id=venue_event.client_order_id))
         return rows
 
     def events(self, hedge_id: str) -> list[HedgeLedgerEvent]:
         with self._read() as session:
             return list(session.exec(select(HedgeLedgerEvent).where(HedgeLedgerEvent.hedge_id == hedge_id)
                                      .order_by(HedgeLedgerEvent.id)))
+
+    def filled_by_order(self, hedge_id: str, client_order_id: str) -> Decimal:
+        """How much of one of our orders the ledger has seen filled."""
+        with self._read() as session:
+            rows = session.exec(select(HedgeLedgerEvent).where(
+                HedgeLedgerEvent.hedge_id == hedge_id, HedgeLedgerEvent.client_order_id == client_order_id,
+                HedgeLedgerEvent.type != "FEE"))
+            return sum((abs(r.size_delta) for r in rows), Decimal(0))
 
     def rebuild(self, hedge_id: str) -> Position:
         """A hedge's size, cost basis, notional and realised PnL from its ledger events alone."""

@@ -89,6 +89,7 @@ class HedgeLedgerEvent(SQLModel, table=True):
     fee: Decimal | None = Field(default=None, sa_type=DecimalType, nullable=True)
     fee_asset: str | None = Field(default=None, max_length=16)
     venue_event_id: str = Field(max_length=128)
+    client_order_id: str | None = Field(default=None, max_length=64, index=True)
     venue_ts: datetime = Field(sa_type=UTCDateTime, nullable=False)
     recorded_at: datetime = Field(sa_type=UTCDateTime, nullable=False)
     venue_payload: dict[str, Any] = Field(default_factory=dict, sa_type=JSON, nullable=False)

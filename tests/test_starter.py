@@ -14,6 +14,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.store import Store
+from activities.venues import VenuePool
 from models.settings import Settings
 from models.venue_events import VenueFill
 from worker import build_worker
@@ -85,7 +86,7 @@ async def test_status_reports_worker_store_and_paper_venues(dev_env: WorkflowEnv
            "HEDGEGUARD_TASK_QUEUE": task_queue}
     no_worker = await _run(env, "status")
     assert no_worker.returncode == 1 and f"no worker polls task queue '{task_queue}'" in no_worker.stderr
-    async with build_worker(dev_env.client, paper_settings, store, task_queue=task_queue):
+    async with build_worker(dev_env.client, paper_settings, store, VenuePool(paper_settings), task_queue=task_queue):
         result = await _run(env, "status", "--json")
         table = await _run(env, "status")
         await sim.stop()

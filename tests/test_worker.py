@@ -12,6 +12,7 @@ import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.store import Store
+from activities.venues import VenuePool
 from models.health import HealthReport, ReadinessRequest
 from models.settings import Settings, env_var_for
 from worker import build_worker
@@ -45,7 +46,7 @@ SECRET = "hgs-9b2e6a17c4d84f03a55e"
 
 async def test_health_check_runs_through_the_production_registration(dev_env: WorkflowEnvironment, settings: Settings,
                                                                    store: Store, task_queue: str):
-    async with build_worker(dev_env.client, settings, store, task_queue=task_queue):
+    async with build_worker(dev_env.client, settings, store, VenuePool(settings), task_queue=task_queue):
         report = await dev_env.client.execute_workflow(
             HealthCheckWorkflow.run, ReadinessRequest(requested_by="test"), id=f"health-{uuid.uuid4()}",
             task_queue=task_queue, result_type=HealthReport)
@@ -62,7 +63,7 @@ async def test_no_secret_from_the_environment_appears_in_history(dev_env: Workfl
     settings = Settings(database_url=str(store.engine.url), metrics_bind="", secrets_file=secrets_file,
                         accounts="bybit:loan-desk,binanceusdm:vault,hyperliquid:lp-desk")
     workflow_id = f"health-{uuid.uuid4()}"
-    async with build_worker(dev_env.client, settings, store, task_queue=task_queue):
+    async with build_worker(dev_env.client, settings, store, VenuePool(settings), task_queue=task_queue):
         report = await dev_env.client.execute_workflow(
             HealthCheckWorkflow.run, ReadinessRequest(requested_by="secrets test"), id=workflow_id,
             task_queue=task_queue, result_type=HealthReport)

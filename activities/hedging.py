@@ -1,0 +1,172 @@
+"""The hedge lifecycle's side effects: its store row, venue prices, orders, cancels, and the sync that
+pulls fills and funding into the ledger. The workflow decides; these only do.
+
+Venue errors cross into Temporal as ApplicationErrors whose type names the venue error, retryable or not
+as the venue's code says; an order the venue refuses is an answer (PlaceOutcome.rejected), not a failure.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.store import Store
+from activities.venue import OrderRejected, VenueError, VenueRateLimited
+from activities.venues import VenuePool
+from models.hedge import (
+    EnsureHedge,
+    FillSummary,
+    HedgeStatusChange,
+    MarketFacts,
+    MarketRequest,
+    OrderLookup,
+    PlaceHedgeOrder,
+    PlaceOutcome,
+    QuoteFacts,
+    SyncRequest,
+    SyncResult,
+)
+from models.venue import OrderRequest, OrderState, OrderType, TimeInForce
+from models.venue_events import VenueFill
+
+SYNC_ATTEMPTS = 4  # an order's fills may show in the venue's trade list a moment after the order does
+
+
+def as_activity_error(error: VenueError) -> ApplicationError:
+    delay = None
+    if isinstance(error, VenueRateLimited) and error.retry_after_s:
+        from datetime import timedelta
+
+        delay = timedelta(seconds=error.retry_after_s)
+    return ApplicationError(str(error), type=type(error).__name__, non_retryable=not error.retryable,
+                            next_retry_delay=delay)
+
+
+class HedgeActivities:
+    def __init__(self, store: Store, venues: VenuePool) -> None:
+        self.store = store
+        self.venues = venues
+
+    async def _venue(self, venue: str, account: str):
+        try:
+            return await self.venues.get(venue, account)
+        except VenueError as err:
+            raise as_activity_error(err) from None
+
+    @activity.defn(name="hedge_ensure")
+    async def ensure(self, req: EnsureHedge) -> None:
+        config: dict[str, Any] = {"book": req.book, "exposure_id": req.exposure_id, "side": req.side.value}
+        await asyncio.to_thread(self.store.create_hedge, id=req.ref.hedge_id, book=req.book,
+                                exposure_id=req.exposure_id, venue=req.ref.venue, account=req.ref.account,
+                                symbol=req.ref.symbol, side=req.side.value, config=config)
+
+    @activity.defn(name="hedge_set_status")
+    async def set_status(self, change: HedgeStatusChange) -> None:
+        await asyncio.to_thread(self.store.set_status, change.hedge_id, change.status, target_size=change.target)
+
+    @activity.defn(name="hedge_market")
+    async def market(self, req: MarketRequest) -> MarketFacts:
+        venue = await self._venue(req.ref.venue, req.ref.account)
+        try:
+            info = (await venue.markets()).get(req.ref.symbol)
+        except VenueError as err:
+            raise as_activity_error(err) from None
+        if info is None:
+            raise ApplicationError(f"{req.ref.venue} lists no linear perpetual {req.ref.symbol}", type="UnknownSymbol",
+                                   non_retryable=True)
+        return MarketFacts(tick_size=info.tick_size, qty_step=info.qty_step, min_qty=info.min_qty,
+                           min_notional=info.min_notional)
+
+    @activity.defn(name="hedge_quote")
+    async def quote(self, req: MarketRequest) -> QuoteFacts:
+        venue = await self._venue(req.ref.venue, req.ref.account)
+        try:
+            ticker = await venue.ticker(req.ref.symbol)
+        except VenueError as err:
+            raise as_activity_error(err) from None
+        if ticker.bid is None or ticker.ask is None:
+            raise ApplicationError(f"{req.ref.venue} gave no bid/ask for {req.ref.symbol}", type="NoQuote")
+        return QuoteFacts(bid=ticker.bid, ask=ticker.ask, index=ticker.index or ticker.last,
+                          mark=ticker.mark or ticker.last, at=ticker.ts)
+
+    @activity.defn(name="hedge_place")
+    async def place(self, req: PlaceHedgeOrder) -> PlaceOutcome:
+        venue = await self._venue(req.ref.venue, req.ref.account)
+        request = OrderRequest(symbol=req.ref.symbol, client_order_id=req.client_order_id, side=req.side, qty=req.qty,
+                               type=OrderType.LIMIT, price=req.price, time_in_force=TimeInForce(req.time_in_force),
+                               reduce_only=req.reduce_only)
+        try:
+            return PlaceOutcome(order=await venue.place_order(request))
+        except OrderRejected as rej:
+            activity.logger.info("order %s refused: %s", req.client_order_id, rej)
+            return PlaceOutcome(order=None, rejected=rej.reason.value, message=rej.detail)
+        except VenueError as err:
+            raise as_activity_error(err) from None
+
+    @activity.defn(name="hedge_order")
+    async def order(self, req: OrderLookup) -> OrderState | None:
+        venue = await self._venue(req.ref.venue, req.ref.account)
+        try:
+            return await venue.order_by_client_id(req.ref.symbol, req.client_order_id)
+        except VenueError as err:
+            raise as_activity_error(err) from None
+
+    @activity.defn(name="hedge_cancel")
+    async def cancel(self, req: OrderLookup) -> OrderState | None:
+        venue = await self._venue(req.ref.venue, req.ref.account)
+        try:
+            return await venue.cancel_order(req.ref.symbol, req.client_order_id)
+        except VenueError as err:
+            raise as_activity_error(err) from None
+
+    @activity.defn(name="hedge_sync")
+    async def sync(self, req: SyncRequest) -> SyncResult:
+        """Pull the account's fills and funding since the cursor into the ledger; with `reconcile`, also
+        compare the ledger with the venue's own position and record the outcome in HedgeSyncState."""
+        ref = req.ref
+        venue = await self._venue(ref.venue, ref.account)
+        cursor, written, fills = req.cursor, 0, []
+        try:
+            for attempt in range(SYNC_ATTEMPTS):
+                page = await venue.events_since(ref.symbol, cursor)
+                events = sorted([*page.fills, *page.funding], key=lambda e: e.ts)
+                ingested = await asyncio.to_thread(self.store.record, ref.hedge_id, events)
+                written += ingested.written
+                fills += page.fills
+                cursor = page.cursor
+                missing = [cid for cid, filled in req.expect_filled.items()
+                           if await asyncio.to_thread(self.store.filled_by_order, ref.hedge_id, cid) < filled]
+                if not missing:
+                    break
+                if attempt == SYNC_ATTEMPTS - 1:
+                    raise ApplicationError(f"venue reports fills for {', '.join(missing)} that its trade list does "
+                                           "not show yet", type="FillsNotVisible")
+                await asyncio.sleep(0.3 * (attempt + 1))
+            venue_size = mismatch = None
+            if req.reconcile:
+                position = await venue.position(ref.symbol)
+                venue_size = position.size
+                if position.mark_price is not None:
+                    await asyncio.to_thread(self.store.mark, ref.hedge_id, position.mark_price)
+        except VenueError as err:
+            raise as_activity_error(err) from None
+        hedge = await asyncio.to_thread(self.store.get_hedge, ref.hedge_id)
+        assert hedge is not None
+        if req.reconcile:
+            if venue_size != hedge.current_size:
+                mismatch = (f"venue position {venue_size} but the ledger rebuilds {hedge.current_size} after "
+                            "ingesting every fill the venue lists")
+            await asyncio.to_thread(self.store.record_sync, ref.hedge_id, source=f"{ref.venue} rest",
+                                    venue_size=venue_size, fills_cursor=cursor, mismatch=mismatch,
+                                    snapshot={"venue_size": str(venue_size), "ledger_size": str(hedge.current_size)})
+        last: VenueFill | None = max(fills, key=lambda f: f.ts) if fills else None
+        return SyncResult(
+            current=hedge.current_size, cursor=cursor, new_events=written,
+            last_fill=FillSummary(side=last.side, qty=last.qty, price=last.price, fee=last.fee,
+                                  client_order_id=last.client_order_id, at=last.ts) if last else None,
+            realised_pnl=hedge.realised_pnl, unrealised_pnl=hedge.unrealised_pnl, venue_size=venue_size,
+            mismatch=mismatch, liquidated=any(f.liquidation for f in fills) and written > 0)
+

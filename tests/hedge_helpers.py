@@ -1,0 +1,63 @@
+"""Starting, watching and checking hedges in tests."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from decimal import Decimal as D
+
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from models.hedge import HedgeInput, HedgeView, OrderPolicy
+from models.ledger import HedgeSide
+from workflows.hedge import HedgeWorkflow
+
+
+async def start_hedge(env: WorkflowEnvironment, task_queue: str, *, hedge_id: str = "loan-L-1", target: str = "0.01",
+                      side: str = "short", venue: str = "bybit", account: str = "desk", policy: OrderPolicy | None = None,
+                      **extra) -> WorkflowHandle:
+    inp = HedgeInput(hedge_id=hedge_id, book="loan", exposure_id=hedge_id.removeprefix("loan-"), venue=venue,
+                     account=account, symbol="BTCUSDT", side=HedgeSide(side), target=D(target),
+                     policy=policy or OrderPolicy(), **extra)
+    # the session's server outlives each test: the workflow id carries the test's task queue
+    handle = await env.client.start_workflow(HedgeWorkflow.run, inp, id=f"hedge-{hedge_id}-{task_queue}",
+                                             task_queue=task_queue)
+    STARTED.append(handle)
+    return handle
+
+
+STARTED: list[WorkflowHandle] = []
+
+
+async def terminate_started() -> None:
+    """End what a test started, so later tests on the same server do not wait on its timers."""
+    from temporalio.service import RPCError
+
+    while STARTED:
+        handle = STARTED.pop()
+        try:
+            await handle.terminate("test finished")
+        except RPCError:
+            pass  # already closed
+
+
+async def state(handle: WorkflowHandle) -> HedgeView:
+    return await handle.query(HedgeWorkflow.state)
+
+
+async def until(env: WorkflowEnvironment, handle: WorkflowHandle, predicate: Callable[[HedgeView], bool], *,
+                step_s: float = 1.0, within_s: float = 300.0) -> HedgeView:
+    """Advance time in steps until the hedge's state satisfies `predicate` (fails after `within_s`)."""
+    waited = 0.0
+    while True:
+        view = await state(handle)
+        if predicate(view):
+            return view
+        if waited >= within_s:
+            raise AssertionError(f"not reached within {within_s}s of workflow time: {view.model_dump_json(indent=1)}")
+        await env.sleep(step_s)
+        waited += step_s
+
+
+def venue_orders(sim, venue: str = "bybit") -> list:
+    return [o for a in sim.engines[venue].accounts.values() for o in a.orders]

@@ -1,0 +1,453 @@
+"""HedgeWorkflow: drives one venue position to the target its book asks for. The only code that places
+hedge orders.
+
+One loop, woken by a signal, an update or a timer:
+  - an open order is checked every `fill_check_s`; after `replace_after_s` it is cancelled and the rest
+    placed one step further along the ladder (risk/pricing.py), so a hedge cannot chase a market forever;
+  - fills are the truth: after every place, cancel or fill check the ledger is synced from the venue's own
+    fills (activities/hedging.py), and the position is the ledger's;
+  - when the book says its risk cleared, the hedge waits `expiry_s` (reset if risk returns), then closes
+    reduce-only and the workflow ends CLOSED; force_close does the same at once, at urgent pricing;
+  - pause cancels the open order and places nothing until resume (force_close still works);
+  - the venue is reconciled at start and every `reconcile_every_s`.
+Client order ids are the hedge id plus a sequence number kept here, so no retry or replay sends twice.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from datetime import datetime, timedelta
+from decimal import Decimal
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from models import search_attributes as sa
+    from models.hedge import (
+        Alert,
+        EnsureHedge,
+        FillSummary,
+        HedgeCarry,
+        HedgeInput,
+        HedgeRef,
+        HedgeStatusChange,
+        HedgeView,
+        MarketFacts,
+        MarketRequest,
+        OpenOrder,
+        OrderLookup,
+        OrderPolicy,
+        PlaceHedgeOrder,
+        PlaceOutcome,
+        QuoteFacts,
+        RiskChange,
+        SyncRequest,
+        SyncResult,
+        TargetChange,
+    )
+    from models.ledger import HedgeStatus
+    from models.venue import OrderState, RejectReason
+    from risk.pricing import Quote, StepKind, Urgency, next_order, price_order, start_step, within_band
+
+ZERO = Decimal(0)
+CONTINUE_AS_NEW_AFTER = 8000  # events; the server suggests it earlier (4,096 by default) and we follow that
+VENUE_CALL = dict(start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=timedelta(minutes=3),
+                  retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), backoff_coefficient=2,
+                                           maximum_interval=timedelta(seconds=10)))
+STORE_CALL = dict(start_to_close_timeout=timedelta(seconds=15),
+                  retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)))
+ALERT_CALL = dict(start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=timedelta(hours=1))
+
+
+def client_order_id(hedge_id: str, seq: int) -> str:
+    """hedge id + sequence, within the venues' 36 characters (long ids are shortened with a hash)."""
+    suffix = f"-{seq}"
+    if len(hedge_id) + len(suffix) <= 36:
+        return hedge_id + suffix
+    digest = hashlib.sha256(hedge_id.encode()).hexdigest()[:8]
+    return f"{hedge_id[:36 - len(suffix) - 9]}-{digest}{suffix}"
+
+
+@workflow.defn
+class HedgeWorkflow:
+    @workflow.init
+    def __init__(self, inp: HedgeInput) -> None:
+        self.inp = inp
+        self.ref = HedgeRef(hedge_id=inp.hedge_id, venue=inp.venue, account=inp.account, symbol=inp.symbol)
+        self.policy: OrderPolicy = inp.policy
+        c = inp.carry
+        self.status = c.status if c else HedgeStatus.PENDING
+        self.target = c.target if c else inp.target
+        self.current = c.current if c else ZERO
+        self.seq = c.seq if c else 0
+        self.urgency = c.urgency if c else inp.policy.urgency
+        self.step = c.step if c else start_step(self.urgency, self._kinds())
+        self.cursor = c.cursor if c else None
+        self.paused = c.paused if c else False
+        self.risk_active = c.risk_active if c else inp.risk_active
+        self.risk_cleared_at: datetime | None = c.risk_cleared_at if c else None
+        self.closing = c.closing if c else False
+        self.target_seq = c.target_seq if c else 0
+        self.risk_seq = 0
+        self.last_fill: FillSummary | None = c.last_fill if c else None
+        self.realised = c.realised_pnl if c else ZERO
+        self.unrealised = c.unrealised_pnl if c else ZERO
+        self.open_order: OpenOrder | None = c.open_order if c else None
+        self.market: MarketFacts | None = None
+        self.blocked: str | None = None
+        self.retry_at: datetime | None = None
+        self.next_timer: tuple[str, datetime] | None = None
+        self.wake = False
+        self._alerted: dict[str, str] = {}
+        self._shown: tuple[str, bool] | None = None
+
+    # -- signals, updates, queries --------------------------------------------------------------
+    @workflow.signal
+    def retarget(self, change: TargetChange) -> None:
+        self._apply_target(change)
+
+    @workflow.update
+    def set_target(self, change: TargetChange) -> HedgeView:
+        self._apply_target(change)
+        return self.state()
+
+    @set_target.validator
+    def _validate_target(self, change: TargetChange) -> None:
+        if self.closing:
+            raise ApplicationError("the hedge is closing; it takes no new target")
+
+    def _apply_target(self, change: TargetChange) -> None:
+        if self.closing or (change.seq and change.seq <= self.target_seq):
+            return  # closing hedges take no new target; a repeated or older signal changes nothing
+        self.target_seq = max(self.target_seq, change.seq)
+        if change.target != self.target or change.urgency != self.urgency:
+            self.target, self.urgency = change.target, change.urgency
+            self.step = start_step(self.urgency, self._kinds())
+            self.blocked, self.retry_at = None, None
+        self.wake = True
+
+    @workflow.signal
+    def risk(self, change: RiskChange) -> None:
+        if change.seq and change.seq <= self.risk_seq:
+            return
+        self.risk_seq = max(self.risk_seq, change.seq)
+        if change.active:
+            self.risk_active, self.risk_cleared_at = True, None
+        elif self.risk_active:
+            self.risk_active, self.risk_cleared_at = False, workflow.now()
+        self.wake = True
+
+    @workflow.signal
+    def pause(self) -> None:
+        self.paused = True
+        self.wake = True
+
+    @workflow.signal
+    def resume(self) -> None:
+        self.paused = False
+        self.blocked, self.retry_at = None, None
+        self.wake = True
+
+    @workflow.signal
+    def force_close(self, reason: str = "operator") -> None:
+        if not self.closing:
+            workflow.logger.info("force close of %s: %s", self.ref.hedge_id, reason)
+            self._close(Urgency.URGENT)
+
+    @workflow.update
+    def set_policy(self, changes: dict[str, Any]) -> OrderPolicy:
+        self.policy = self.policy.with_changes(changes)
+        self.step = min(self.step, len(self.policy.ladder) - 1)
+        self.wake = True
+        return self.policy
+
+    @set_policy.validator
+    def _validate_policy(self, changes: dict[str, Any]) -> None:
+        try:
+            self.policy.with_changes(changes)
+        except ValueError as exc:
+            problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in getattr(exc, "errors", list)())
+            raise ApplicationError(f"policy refused, nothing changed: {problems or exc}") from None
+
+    @workflow.query
+    def state(self) -> HedgeView:
+        timer = self.next_timer
+        return HedgeView(
+            hedge_id=self.ref.hedge_id, status=self.status, side=self.inp.side, symbol=self.ref.symbol,
+            venue=self.ref.venue, target=self.target, current=self.current, open_order=self.open_order,
+            last_fill=self.last_fill, realised_pnl=self.realised, unrealised_pnl=self.unrealised, paused=self.paused,
+            closing=self.closing, risk_active=self.risk_active, urgency=self.urgency,
+            next_timer=timer[0] if timer else None, next_timer_at=timer[1] if timer else None,
+            orders_placed=self.seq, blocked=self.blocked, policy=self.policy)
+
+    # -- the loop -------------------------------------------------------------------------------
+    @workflow.run
+    async def run(self, inp: HedgeInput) -> HedgeView:
+        await workflow.execute_activity("hedge_ensure", EnsureHedge(
+            ref=self.ref, book=inp.book, exposure_id=inp.exposure_id, side=inp.side, target=self.target), **STORE_CALL)
+        self.market = await workflow.execute_activity("hedge_market", MarketRequest(ref=self.ref),
+                                                      result_type=MarketFacts, **VENUE_CALL)
+        await self._sync(reconcile=True)
+        next_reconcile = workflow.now() + timedelta(seconds=self.policy.reconcile_every_s)
+        self._show()
+        while True:
+            if self._should_continue_as_new():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(inp.model_copy(update={"policy": self.policy, "carry": self._carry()}))
+            now = workflow.now()
+            try:
+                if (not self.risk_active and self.risk_cleared_at is not None and not self.closing
+                        and now >= self.risk_cleared_at + timedelta(seconds=self.policy.expiry_s)):
+                    workflow.logger.info("risk cleared %ss ago: closing %s", self.policy.expiry_s, self.ref.hedge_id)
+                    self._close(Urgency.NORMAL)
+                if self.open_order is not None:
+                    await self._tend_order(now)
+                if now >= next_reconcile:
+                    await self._sync(reconcile=True)
+                    next_reconcile = workflow.now() + timedelta(seconds=self.policy.reconcile_every_s)
+                if self.open_order is None and (not self.paused or self.closing) and (
+                        self.retry_at is None or now >= self.retry_at):
+                    await self._place_next()
+            except ActivityError as err:
+                cause = err.cause.message if isinstance(err.cause, ApplicationError) else str(err.cause or err)
+                self.blocked, self.retry_at = f"venue call failed: {cause}", workflow.now() + timedelta(
+                    seconds=self.policy.replace_after_s)
+                self._alert("CRITICAL", "venue", f"hedge {self.ref.hedge_id}: venue call failing", cause)
+            self._show()
+            if self.closing and self.open_order is None and self._flat():
+                return await self._finish()
+            await self._sleep(next_reconcile)
+
+    async def _sleep(self, next_reconcile: datetime) -> None:
+        now = workflow.now()
+        timers = [("reconcile", next_reconcile)]
+        if self.open_order is not None:
+            check = now + timedelta(seconds=self.policy.fill_check_s)
+            timers.append(("replace", self.open_order.replace_at) if self.open_order.replace_at <= check
+                          else ("fill check", check))
+        if self.retry_at is not None:
+            timers.append(("retry", self.retry_at))
+        if not self.risk_active and self.risk_cleared_at is not None and not self.closing:
+            timers.append(("expiry", self.risk_cleared_at + timedelta(seconds=self.policy.expiry_s)))
+        label, at = min(timers, key=lambda t: t[1])
+        self.next_timer = (label, at)
+        if self.wake:
+            self.wake = False
+            return
+        try:
+            await workflow.wait_condition(lambda: self.wake, timeout=max(at - now, timedelta(milliseconds=1)),
+                                          timeout_summary=label)
+        except TimeoutError:
+            pass  # the timer fired: the loop looks at what is due
+        self.wake = False
+
+    async def _tend_order(self, now: datetime) -> None:
+        order = self.open_order
+        assert order is not None
+        if self.paused and not self.closing:
+            await self._cancel_open(escalate=False)
+            return
+        if self._order_obsolete(order):
+            await self._cancel_open(escalate=False)
+            return
+        if now >= order.replace_at:
+            await self._cancel_open(escalate=True)
+            return
+        state: OrderState | None = await workflow.execute_activity(
+            "hedge_order", OrderLookup(ref=self.ref, client_order_id=order.client_order_id),
+            result_type=OrderState | None, **VENUE_CALL)
+        if state is None or not state.status.is_open:
+            await self._order_done(state)
+        elif state.filled > order.filled:
+            await self._sync(expect={order.client_order_id: state.filled})
+            order.filled = state.filled
+
+    def _order_obsolete(self, order: OpenOrder) -> bool:
+        """Whether the target moved so that the resting order now points the wrong way or too far."""
+        wanted = self._next_step()
+        if wanted is None:
+            return True
+        return wanted.side != order.side or wanted.reduce_only != order.reduce_only or (
+            order.qty - order.filled) > wanted.qty
+
+    async def _cancel_open(self, *, escalate: bool) -> None:
+        order = self.open_order
+        assert order is not None
+        final: OrderState | None = await workflow.execute_activity(
+            "hedge_cancel", OrderLookup(ref=self.ref, client_order_id=order.client_order_id),
+            result_type=OrderState | None, **VENUE_CALL)
+        filled = final.filled if final is not None else order.filled
+        await self._sync(expect={order.client_order_id: filled} if filled > 0 else {})
+        self.open_order = None
+        if escalate:
+            self.step = min(self.step + 1, len(self.policy.ladder) - 1)
+
+    async def _order_done(self, state: OrderState | None) -> None:
+        order = self.open_order
+        assert order is not None
+        filled = state.filled if state is not None else order.filled
+        await self._sync(expect={order.client_order_id: filled} if filled > 0 else {})
+        self.open_order = None
+        if state is not None and filled >= order.qty:
+            self.step = start_step(self.urgency, self._kinds())  # a full fill: the next order starts afresh
+        elif self.policy.ladder[order.step].kind == StepKind.IOC:
+            self.retry_at = workflow.now() + timedelta(seconds=self.policy.fill_check_s)  # let liquidity refill
+
+    def _next_step(self):
+        assert self.market is not None
+        target = ZERO if self.closing else self.target
+        return next_order(target=target, current=self.current, hedge_side=self.inp.side.value,
+                          qty_step=self.market.qty_step, min_qty=self.market.min_qty,
+                          max_order_qty=self.policy.max_order_qty)
+
+    async def _place_next(self) -> None:
+        assert self.market is not None
+        step = self._next_step()
+        if step is None:
+            self.blocked = None
+            return
+        quote: QuoteFacts = await workflow.execute_activity("hedge_quote", MarketRequest(ref=self.ref),
+                                                            result_type=QuoteFacts, **VENUE_CALL)
+        rung = self.policy.ladder[min(self.step, len(self.policy.ladder) - 1)]
+        priced = price_order(rung.kind, rung.bps, step.side, Quote(bid=quote.bid, ask=quote.ask, index=quote.index),
+                             self.market.tick_size)
+        now = workflow.now()
+        if not within_band(priced.price, quote.index, self.policy.price_band_bps):
+            self.blocked = (f"{step.side} at {priced.price} is more than {self.policy.price_band_bps} bps from the "
+                            f"index {quote.index}: not trading")
+            self.retry_at = now + timedelta(seconds=self.policy.replace_after_s)
+            self._alert("CRITICAL", "price-band", f"hedge {self.ref.hedge_id}: price outside the sanity band",
+                        self.blocked)
+            return
+        if not step.reduce_only and step.qty * priced.price < self.market.min_notional:
+            self.blocked = f"{step.qty} at {priced.price} is below the venue minimum of {self.market.min_notional}"
+            self.retry_at = now + timedelta(seconds=self.policy.replace_after_s)
+            return
+        self.seq += 1
+        cid = client_order_id(self.ref.hedge_id, self.seq)
+        outcome: PlaceOutcome = await workflow.execute_activity("hedge_place", PlaceHedgeOrder(
+            ref=self.ref, client_order_id=cid, side=step.side, qty=step.qty, price=priced.price,
+            time_in_force=priced.time_in_force, reduce_only=step.reduce_only), result_type=PlaceOutcome, **VENUE_CALL)
+        self.blocked, self.retry_at = None, None
+        if outcome.rejected is not None:
+            await self._refused(outcome, cid)
+            return
+        assert outcome.order is not None
+        placed_at = workflow.now()
+        self.open_order = OpenOrder(client_order_id=cid, step=min(self.step, len(self.policy.ladder) - 1),
+                                    side=step.side, qty=step.qty, price=priced.price,
+                                    time_in_force=priced.time_in_force, reduce_only=step.reduce_only,
+                                    placed_at=placed_at,
+                                    replace_at=placed_at + timedelta(seconds=self.policy.replace_after_s))
+        if not outcome.order.status.is_open:
+            await self._order_done(outcome.order)
+        elif outcome.order.filled > 0:
+            await self._sync(expect={cid: outcome.order.filled})
+            self.open_order.filled = outcome.order.filled
+
+    async def _refused(self, outcome: PlaceOutcome, cid: str) -> None:
+        if outcome.rejected == RejectReason.POST_ONLY_WOULD_CROSS:
+            self.step = min(self.step + 1, len(self.policy.ladder) - 1)  # the market moved through us
+            self.wake = True
+            return
+        if outcome.rejected == RejectReason.REDUCE_ONLY:
+            await self._sync(reconcile=True)  # the position is not what we thought: look again
+            return
+        self.blocked = f"order {cid} refused ({outcome.rejected}): {outcome.message}"
+        self.retry_at = workflow.now() + timedelta(seconds=self.policy.replace_after_s)
+        self._alert("CRITICAL", "refused", f"hedge {self.ref.hedge_id}: order refused", self.blocked)
+
+    async def _sync(self, *, expect: dict[str, Decimal] | None = None, reconcile: bool = False) -> None:
+        result: SyncResult = await workflow.execute_activity(
+            "hedge_sync", SyncRequest(ref=self.ref, cursor=self.cursor, expect_filled=expect or {}, reconcile=reconcile),
+            result_type=SyncResult, **VENUE_CALL)
+        self.cursor, self.current = result.cursor, result.current
+        self.realised, self.unrealised = result.realised_pnl, result.unrealised_pnl
+        if result.last_fill is not None:
+            self.last_fill = result.last_fill
+        if self.status == HedgeStatus.PENDING and self.current != 0:
+            self.status = HedgeStatus.OPEN
+        if result.liquidated:
+            self._alert("CRITICAL", "liquidated", f"hedge {self.ref.hedge_id} was liquidated by the venue",
+                        f"position now {self.current}; the book decides whether to re-hedge")
+        if reconcile:
+            if result.mismatch:
+                self._alert("CRITICAL", "mismatch", f"hedge {self.ref.hedge_id}: ledger and venue disagree",
+                            result.mismatch)
+            else:
+                self._alerted.pop("mismatch", None)
+
+    def _close(self, urgency: Urgency) -> None:
+        self.closing = True
+        self.target, self.urgency = ZERO, urgency
+        self.step = start_step(urgency, self._kinds())
+        self.blocked, self.retry_at = None, None
+        self.status = HedgeStatus.CLOSING
+        self.wake = True
+
+    def _flat(self) -> bool:
+        assert self.market is not None
+        return abs(self.current) < self.market.min_qty
+
+    async def _finish(self) -> HedgeView:
+        self.status = HedgeStatus.CLOSED
+        self.next_timer = None
+        await workflow.execute_activity("hedge_set_status", HedgeStatusChange(
+            hedge_id=self.ref.hedge_id, status=HedgeStatus.CLOSED, target=ZERO), **STORE_CALL)
+        self._show()
+        return self.state()
+
+    # -- helpers --------------------------------------------------------------------------------
+    def _kinds(self):
+        return [s.kind for s in self.policy.ladder]
+
+    def _should_continue_as_new(self) -> bool:
+        if self.open_order is not None or self.closing:
+            return False
+        info = workflow.info()
+        limit = self.inp.continue_as_new_after or CONTINUE_AS_NEW_AFTER
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() >= limit
+
+    def _carry(self) -> HedgeCarry:
+        return HedgeCarry(status=self.status, target=self.target, current=self.current, seq=self.seq, step=self.step,
+                          cursor=self.cursor, paused=self.paused, risk_active=self.risk_active,
+                          risk_cleared_at=self.risk_cleared_at, closing=self.closing, urgency=self.urgency,
+                          target_seq=self.target_seq, last_fill=self.last_fill, realised_pnl=self.realised,
+                          unrealised_pnl=self.unrealised, open_order=self.open_order)
+
+    def _alert(self, severity: str, kind: str, title: str, text: str) -> None:
+        """Raise once per condition (a new text is a new condition); delivery never blocks the loop."""
+        if self._alerted.get(kind) == text:
+            return
+        self._alerted[kind] = text
+        workflow.start_activity("raise_alert", Alert(
+            severity=severity, key=f"{self.ref.hedge_id}:{kind}", title=title, text=text, book=self.inp.book,
+            exposure_id=self.inp.exposure_id), **ALERT_CALL)
+
+    def _show(self) -> None:
+        """Keep the Temporal UI current: search attributes when they change, details always."""
+        shown = (self.status.value, self.paused)
+        if shown != self._shown:
+            updates = [sa.HEDGE_STATUS.value_set(self.status.value), sa.PAUSED.value_set(self.paused)]
+            if self._shown is None:  # however the hedge was started, it is findable by what it hedges
+                updates += [sa.BOOK.value_set(self.inp.book), sa.EXPOSURE_ID.value_set(self.inp.exposure_id),
+                            sa.VENUE.value_set(self.ref.venue), sa.SYMBOL.value_set(self.ref.symbol)]
+            workflow.upsert_search_attributes(updates)
+            self._shown = shown
+        order = self.open_order
+        order_line = (f"{order.side} {order.qty} @ {order.price} ({order.time_in_force}, rung {order.step + 1}, "
+                      f"filled {order.filled}, replace at {order.replace_at:%H:%M:%S})" if order else "none")
+        fill = self.last_fill
+        workflow.set_current_details("\n".join([
+            f"**{self.status.value}** {self.inp.side.value} {self.ref.symbol} on {self.ref.venue}:{self.ref.account}",
+            f"- target {self.target} · current {self.current} · urgency {self.urgency.value}"
+            + (" · **PAUSED**" if self.paused else "") + (" · closing" if self.closing else ""),
+            f"- open order: {order_line}",
+            f"- last fill: {fill.side} {fill.qty} @ {fill.price}" if fill else "- last fill: none",
+            f"- PnL realised {self.realised} · unrealised {self.unrealised}",
+            f"- risk {'active' if self.risk_active else 'cleared'}" + (f" · blocked: {self.blocked}" if self.blocked
+                                                                      else ""),
+        ]))
