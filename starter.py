@@ -5,6 +5,10 @@
     python starter.py hedge list             hedges in the store
     python starter.py hedge ledger ID        a hedge's ledger events
     python starter.py hedge verify ID        rebuild a hedge from its ledger and compare
+    python starter.py hedge state ID         a running hedge: target, position, open order, timers
+    python starter.py hedge pause|resume ID  stop / restart placing orders (pause cancels the open order)
+    python starter.py hedge force-close ID   close now, reduce-only, at urgent pricing (even when paused)
+    python starter.py hedge set-policy ID --replace-after-s 20 --urgency urgent ...
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from activities.temporal_client import TemporalUnreachable, connect
 from models.health import HealthReport, ReadinessRequest
 from models.settings import Settings, SettingsError, load_settings
 from workflows.health import HealthCheckWorkflow
+from workflows.hedge import HedgeWorkflow
 
 
 class UserError(Exception):
@@ -157,6 +162,78 @@ def cmd_hedge_verify(args: argparse.Namespace, settings: Settings) -> int:
     return 0 if not problems else 1
 
 
+def hedge_workflow_id(hedge_id: str) -> str:
+    return f"hedge-{hedge_id}"
+
+
+async def _hedge_handle(settings: Settings, hedge_id: str):
+    from temporalio.service import RPCError, RPCStatusCode
+
+    client = await connect(settings)
+    handle = client.get_workflow_handle(hedge_workflow_id(hedge_id))
+    try:
+        description = await handle.describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            raise UserError(f"no hedge workflow {hedge_workflow_id(hedge_id)!r} (see `starter.py hedge list`)") from None
+        raise
+    if description.status is None or description.status.name != "RUNNING":
+        raise UserError(f"hedge {hedge_id} is not running ({description.status.name.lower()})")
+    return handle
+
+
+def _view_table(view) -> list[list[Any]]:
+    order = view.open_order
+    fill = view.last_fill
+    return [["field", "value"], ["hedge", view.hedge_id], ["status", view.status.value],
+            ["position", f"{view.current} {view.symbol} on {view.venue} (target {view.target} {view.side.value})"],
+            ["open order", f"{order.side} {order.qty} @ {order.price} {order.time_in_force} filled {order.filled}"
+                           if order else "none"],
+            ["last fill", f"{fill.side} {fill.qty} @ {fill.price}" if fill else "none"],
+            ["PnL", f"realised {view.realised_pnl}, unrealised {view.unrealised_pnl}"],
+            ["paused", "yes" if view.paused else "no"], ["urgency", view.urgency.value],
+            ["next timer", f"{view.next_timer} at {view.next_timer_at:%H:%M:%S}" if view.next_timer_at else "none"],
+            ["blocked", view.blocked or "no"]]
+
+
+async def cmd_hedge_state(args: argparse.Namespace, settings: Settings) -> int:
+    handle = await _hedge_handle(settings, args.hedge_id)
+    view = await handle.query(HedgeWorkflow.state)
+    emit(args, view.model_dump(mode="json"), _view_table(view))
+    return 0
+
+
+async def cmd_hedge_signal(args: argparse.Namespace, settings: Settings) -> int:
+    handle = await _hedge_handle(settings, args.hedge_id)
+    if args.hedge_command == "pause":
+        await handle.signal(HedgeWorkflow.pause)
+    elif args.hedge_command == "resume":
+        await handle.signal(HedgeWorkflow.resume)
+    else:
+        await handle.signal(HedgeWorkflow.force_close, args.reason)
+    done = {"pause": "paused", "resume": "resumed", "force-close": "closing"}[args.hedge_command]
+    emit(args, {"hedge_id": args.hedge_id, "sent": args.hedge_command}, f"hedge {args.hedge_id}: {done}")
+    return 0
+
+
+async def cmd_hedge_set_policy(args: argparse.Namespace, settings: Settings) -> int:
+    from temporalio.client import WorkflowUpdateFailedError
+
+    changes = {k: v for k, v in {"replace_after_s": args.replace_after_s, "fill_check_s": args.fill_check_s,
+                                 "expiry_s": args.expiry_s, "price_band_bps": args.price_band_bps,
+                                 "max_order_qty": args.max_order_qty, "urgency": args.urgency}.items() if v is not None}
+    if not changes:
+        raise UserError("nothing to change: give at least one option (see `hedge set-policy --help`)")
+    handle = await _hedge_handle(settings, args.hedge_id)
+    try:
+        policy = await handle.execute_update(HedgeWorkflow.set_policy, changes)
+    except WorkflowUpdateFailedError as err:
+        raise UserError(str(err.cause.message if err.cause else err)) from None
+    emit(args, policy.model_dump(mode="json"), [["policy", "value"]] + [
+        [k, v] for k, v in policy.model_dump(mode="json").items() if k != "ladder"])
+    return 0
+
+
 # -- wiring -----------------------------------------------------------------------------------------
 def build_parser() -> Parser:
     common = argparse.ArgumentParser(add_help=False)
@@ -179,6 +256,23 @@ def build_parser() -> Parser:
     verify = hedge.add_parser("verify", parents=[common], help="rebuild a hedge from its ledger and compare")
     verify.add_argument("hedge_id")
     verify.set_defaults(func=cmd_hedge_verify)
+    hedge.add_parser("state", parents=[common], help="a running hedge's state").set_defaults(func=cmd_hedge_state)
+    for name, text in (("pause", "cancel the open order and place none until resume"),
+                       ("resume", "place orders again"), ("force-close", "close now, reduce-only, even when paused")):
+        cmd = hedge.add_parser(name, parents=[common], help=text)
+        cmd.set_defaults(func=cmd_hedge_signal)
+        if name == "force-close":
+            cmd.add_argument("--reason", default="operator", help="recorded in the workflow's log")
+    policy = hedge.add_parser("set-policy", parents=[common], help="change a running hedge's order policy")
+    policy.add_argument("--replace-after-s", type=int)
+    policy.add_argument("--fill-check-s", type=int)
+    policy.add_argument("--expiry-s", type=int)
+    policy.add_argument("--price-band-bps")
+    policy.add_argument("--max-order-qty")
+    policy.add_argument("--urgency")
+    policy.set_defaults(func=cmd_hedge_set_policy)
+    for sub_parser in (hedge.choices[n] for n in ("state", "pause", "resume", "force-close", "set-policy")):
+        sub_parser.add_argument("hedge_id")
     return parser
 
 

@@ -15,13 +15,13 @@ from workflows.hedge import HedgeWorkflow
 
 async def start_hedge(env: WorkflowEnvironment, task_queue: str, *, hedge_id: str = "loan-L-1", target: str = "0.01",
                       side: str = "short", venue: str = "bybit", account: str = "desk", policy: OrderPolicy | None = None,
-                      **extra) -> WorkflowHandle:
+                      workflow_id: str | None = None, **extra) -> WorkflowHandle:
     inp = HedgeInput(hedge_id=hedge_id, book="loan", exposure_id=hedge_id.removeprefix("loan-"), venue=venue,
                      account=account, symbol="BTCUSDT", side=HedgeSide(side), target=D(target),
                      policy=policy or OrderPolicy(), **extra)
     # the session's server outlives each test: the workflow id carries the test's task queue
-    handle = await env.client.start_workflow(HedgeWorkflow.run, inp, id=f"hedge-{hedge_id}-{task_queue}",
-                                             task_queue=task_queue)
+    handle = await env.client.start_workflow(HedgeWorkflow.run, inp,
+                                             id=workflow_id or f"hedge-{hedge_id}-{task_queue}", task_queue=task_queue)
     STARTED.append(handle)
     return handle
 
