@@ -458,6 +458,8 @@ class Engine:
             self._emit("order", account, order)
         side = "buy" if pos.size < 0 else "sell"
         qty, lost = abs(pos.size), pos.margin
+        tick = self.instrument(symbol).tick  # venues fill on the tick grid: the bankruptcy side of the price
+        liq = (liq / tick).to_integral_value(rounding=ROUND_CEILING if side == "buy" else ROUND_FLOOR) * tick
         # Binance names its liquidation orders autoclose-...; Bybit's carry no orderLinkId
         client_id = f"autoclose-{wall_ms()}{self._order_seq}" if self.venue == "binanceusdm" else ""
         order = Order(order_id=self._next_order_id(), client_id=client_id, account=account.name,

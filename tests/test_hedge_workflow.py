@@ -177,3 +177,35 @@ async def test_timeouts_after_accept_and_a_5xx_storm_never_duplicate(ts_env, hed
     ids = [o.client_id for o in venue_orders(sim)]
     assert len(ids) == len(set(ids)) and view.orders_placed == len(ids)
     assert not sim.faults.pending  # every injected fault was met
+
+
+async def test_reconciliation_flags_a_position_the_ledger_cannot_explain(ts_env, hedge_worker, sim, store, caplog):
+    from models.hedge import OrderPolicy
+    from risk.pricing import Urgency
+
+    handle = await start_hedge(ts_env, hedge_worker, target="0.01", policy=OrderPolicy(urgency=Urgency.CRITICAL))
+    await until(ts_env, handle, lambda v: v.current == D("-0.01") and v.open_order is None)
+    account = sim.engines["bybit"].account_by_name("desk")
+    account.positions["BTCUSDT"].size = D("-0.03")  # changed at the venue with no fill to show for it
+    with caplog.at_level("CRITICAL", logger="hedgeguard.alerts"):
+        await ts_env.sleep(65)  # the minute's reconciliation
+        await until(ts_env, handle, lambda v: store.sync_state("loan-L-1").mismatch is not None)
+    assert "venue position -0.03 but the ledger rebuilds -0.01" in store.sync_state("loan-L-1").mismatch
+    assert any("ledger and venue disagree" in r.getMessage() for r in caplog.records)
+
+
+async def test_funding_and_a_forced_liquidation_reach_the_ledger(ts_env, hedge_worker, sim, store, caplog):
+    from models.hedge import OrderPolicy
+    from risk.pricing import Urgency
+
+    handle = await start_hedge(ts_env, hedge_worker, target="0.1", policy=OrderPolicy(urgency=Urgency.CRITICAL))
+    await until(ts_env, handle, lambda v: v.current == D("-0.1") and v.open_order is None)
+    sim.settle_funding(symbol="BTCUSDT", rate=D("0.0001"))
+    liq = sim.engines["bybit"].account_by_name("desk").positions["BTCUSDT"].liquidation_price(D("0.005"))
+    with caplog.at_level("CRITICAL", logger="hedgeguard.alerts"):
+        sim.market.set_price("BTCUSDT", liq + 50)
+        await ts_env.sleep(65)
+        await until(ts_env, handle, lambda v: any(e.type == "LIQUIDATION" for e in store.events("loan-L-1")))
+    types = [e.type for e in store.events("loan-L-1")]
+    assert "FUNDING" in types and "LIQUIDATION" in types and store.verify("loan-L-1") == []
+    assert any("was liquidated by the venue" in r.getMessage() for r in caplog.records)

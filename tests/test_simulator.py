@@ -69,6 +69,7 @@ async def test_a_short_hedge_is_liquidated_when_mark_reaches_its_liquidation_pri
     assert (await v.position("BTCUSDT")).size == 0
     liquidations = (await control(sim, "GET", "/control/liquidations"))["hedges"]
     assert [(x["venue"], x["account"], x["side"], x["qty"]) for x in liquidations] == [(venue, "desk", "buy", "0.1")]
+    assert D(liquidations[0]["price"]) % D("0.1") == 0  # filled on the tick grid, like any venue fill
     if venue == "bybit":  # Bybit marks it in the execution list; Binance via the autoclose- order
         fills = (await v.events_since("BTCUSDT", None)).fills
         assert [f.liquidation for f in fills] == [False, True]
