@@ -56,6 +56,14 @@ class HedgeActivities:
         except VenueError as err:
             raise as_activity_error(err) from None
 
+    async def _on_venue(self, ref, call):
+        """Run `call(venue_client)`, turning venue errors into Temporal's retryable-or-not failures."""
+        venue = await self._venue(ref.venue, ref.account)
+        try:
+            return await call(venue)
+        except VenueError as err:
+            raise as_activity_error(err) from None
+
     @activity.defn(name="hedge_ensure")
     async def ensure(self, req: EnsureHedge) -> None:
         config: dict[str, Any] = {"book": req.book, "exposure_id": req.exposure_id, "side": req.side.value}
@@ -69,11 +77,7 @@ class HedgeActivities:
 
     @activity.defn(name="hedge_market")
     async def market(self, req: MarketRequest) -> MarketFacts:
-        venue = await self._venue(req.ref.venue, req.ref.account)
-        try:
-            info = (await venue.markets()).get(req.ref.symbol)
-        except VenueError as err:
-            raise as_activity_error(err) from None
+        info = (await self._on_venue(req.ref, lambda v: v.markets())).get(req.ref.symbol)
         if info is None:
             raise ApplicationError(f"{req.ref.venue} lists no linear perpetual {req.ref.symbol}", type="UnknownSymbol",
                                    non_retryable=True)
@@ -82,11 +86,7 @@ class HedgeActivities:
 
     @activity.defn(name="hedge_quote")
     async def quote(self, req: MarketRequest) -> QuoteFacts:
-        venue = await self._venue(req.ref.venue, req.ref.account)
-        try:
-            ticker = await venue.ticker(req.ref.symbol)
-        except VenueError as err:
-            raise as_activity_error(err) from None
+        ticker = await self._on_venue(req.ref, lambda v: v.ticker(req.ref.symbol))
         if ticker.bid is None or ticker.ask is None:
             raise ApplicationError(f"{req.ref.venue} gave no bid/ask for {req.ref.symbol}", type="NoQuote")
         return QuoteFacts(bid=ticker.bid, ask=ticker.ask, index=ticker.index or ticker.last,
@@ -108,19 +108,11 @@ class HedgeActivities:
 
     @activity.defn(name="hedge_order")
     async def order(self, req: OrderLookup) -> OrderState | None:
-        venue = await self._venue(req.ref.venue, req.ref.account)
-        try:
-            return await venue.order_by_client_id(req.ref.symbol, req.client_order_id)
-        except VenueError as err:
-            raise as_activity_error(err) from None
+        return await self._on_venue(req.ref, lambda v: v.order_by_client_id(req.ref.symbol, req.client_order_id))
 
     @activity.defn(name="hedge_cancel")
     async def cancel(self, req: OrderLookup) -> OrderState | None:
-        venue = await self._venue(req.ref.venue, req.ref.account)
-        try:
-            return await venue.cancel_order(req.ref.symbol, req.client_order_id)
-        except VenueError as err:
-            raise as_activity_error(err) from None
+        return await self._on_venue(req.ref, lambda v: v.cancel_order(req.ref.symbol, req.client_order_id))
 
     @activity.defn(name="hedge_sync")
     async def sync(self, req: SyncRequest) -> SyncResult:
