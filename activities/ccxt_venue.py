@@ -47,13 +47,15 @@ from models.venue_events import VenueFill, VenueFunding
 RATE_LIMIT_RETRIES = 5
 READ_RETRIES = 2
 LOOKUP_AFTER_TIMEOUT = 3  # lookups by client id after an order request timed out
+WINDOW_MS = 7 * 24 * 3600 * 1000 - 60_000  # both venues answer at most 7 days of fills per request
+OVERLAP_MS = 60_000  # re-read the last minute: a late-listed fill is caught, and the ledger drops repeats
 
 # venue code -> (error class, reject reason)
 BYBIT_CODES: dict[int, tuple[type[VenueError], RejectReason | None]] = {
     10002: (VenueClockSkew, None), 10003: (VenueAuthError, None), 10004: (VenueAuthError, None),
     10005: (VenueAuthError, None), 10010: (VenueAuthError, None), 33004: (VenueAuthError, None),
     10006: (VenueRateLimited, None), 10018: (VenueRateLimited, None),
-    10016: (VenueUnavailable, None), 10019: (VenueUnavailable, None),
+    10000: (VenueUnavailable, None), 10016: (VenueUnavailable, None), 10019: (VenueUnavailable, None),
     110001: (OrderNotFound, None),
     110007: (OrderRejected, RejectReason.INSUFFICIENT_BALANCE), 110012: (OrderRejected, RejectReason.INSUFFICIENT_BALANCE),
     110017: (OrderRejected, RejectReason.REDUCE_ONLY), 110072: (OrderRejected, RejectReason.DUPLICATE_CLIENT_ORDER_ID),
@@ -63,8 +65,9 @@ BYBIT_CODES: dict[int, tuple[type[VenueError], RejectReason | None]] = {
 }
 BINANCE_CODES: dict[int, tuple[type[VenueError], RejectReason | None]] = {
     -1003: (VenueRateLimited, None), -1021: (VenueClockSkew, None), -1022: (VenueAuthError, None),
-    -2014: (VenueAuthError, None), -2015: (VenueAuthError, None), -1001: (VenueUnavailable, None),
-    -1007: (VenueUnavailable, None), -2011: (OrderNotFound, None), -2013: (OrderNotFound, None),
+    -2014: (VenueAuthError, None), -2015: (VenueAuthError, None), -1000: (VenueUnavailable, None),
+    -1001: (VenueUnavailable, None), -1006: (VenueUnavailable, None), -1007: (VenueUnavailable, None),
+    -1008: (VenueUnavailable, None), -2011: (OrderNotFound, None), -2013: (OrderNotFound, None),
     -4116: (OrderRejected, RejectReason.DUPLICATE_CLIENT_ORDER_ID),
     -5022: (OrderRejected, RejectReason.POST_ONLY_WOULD_CROSS), -2019: (OrderRejected, RejectReason.INSUFFICIENT_BALANCE),
     -2022: (OrderRejected, RejectReason.REDUCE_ONLY), -1111: (OrderRejected, RejectReason.INVALID),
@@ -238,8 +241,11 @@ class CcxtVenue:
         except OrderRejected as rej:
             if rej.reason != RejectReason.DUPLICATE_CLIENT_ORDER_ID:
                 raise
-        except VenueUnavailable:
-            # the venue may have accepted it: find out before anyone sends it again
+        except (VenueAuthError, VenueClockSkew, VenueRateLimited):
+            raise  # refused before it reached the book
+        except VenueError:
+            # timed out, 5xx or an unknown answer: the venue may have accepted it, so find out before anyone
+            # sends it again
             for delay in (0.0, 0.5, 1.5)[:LOOKUP_AFTER_TIMEOUT]:
                 await asyncio.sleep(delay)
                 found = await self.order_by_client_id(request.symbol, request.client_order_id)
@@ -270,6 +276,17 @@ class CcxtVenue:
 
     def _cancel_params(self, client_order_id: str) -> dict[str, Any]:
         raise NotImplementedError
+
+    @staticmethod
+    def _windows(start_ms: int | None, until_ms: int) -> list[tuple[int | None, int]]:
+        """Request windows from a cursor to now, none longer than the venues allow."""
+        if start_ms is None:
+            return [(None, until_ms)]
+        begin, out = max(0, start_ms - OVERLAP_MS), []
+        while begin < until_ms:
+            out.append((begin, min(until_ms, begin + WINDOW_MS)))
+            begin += WINDOW_MS
+        return out or [(begin, until_ms)]
 
     async def open_orders(self, symbol: str) -> list[OrderState]:
         unified = await self.unified(symbol)
@@ -394,43 +411,59 @@ class BybitVenue(CcxtVenue):
             return None
         return self._order_state(self.ex.parse_order(rows[0], self.ex.market(unified)), symbol)
 
-    async def events_since(self, symbol: str, cursor: str | None, *, until: datetime | None = None) -> AccountEvents:
-        """Trades, liquidations (BustTrade) and funding from execution/list; cursor = last execTime seen."""
-        start = int(cursor) if cursor else None
-        fills: list[VenueFill] = []
-        funding: list[VenueFunding] = []
-        newest = start or 0
+    async def events_since(self, symbol: str, cursor: str | None, *, since_ms: int | None = None,
+                           until: datetime | None = None) -> AccountEvents:
+        """Trades, liquidations (BustTrade) and funding from execution/list, in windows of at most 7 days from
+        the cursor (the newest execTime seen; `since_ms` when there is none yet) to now, re-reading the last
+        minute."""
+        end_ms = int((until.timestamp() if until else time.time()) * 1000)
+        start = int(cursor) if cursor else since_ms
+        rows: list[dict[str, Any]] = []
+        for begin, finish in self._windows(start, end_ms):
+            rows += await self._executions({"startTime": begin, "endTime": finish} if begin is not None else {}, symbol)
+        newest = max([start or 0, *(int(r["execTime"]) for r in rows)])
+        fills, funding = self._parse_executions(rows, symbol)
+        return AccountEvents(fills=fills, funding=funding, cursor=str(newest) if newest else cursor)
+
+    async def fills_for_order(self, symbol: str, client_order_id: str) -> list[VenueFill]:
+        """Every fill of one of our orders, whatever the cursor says."""
+        fills, _ = self._parse_executions(await self._executions({"orderLinkId": client_order_id}, symbol), symbol)
+        return fills
+
+    async def _executions(self, extra: dict[str, Any], symbol: str) -> list[dict[str, Any]]:
+        rows: list[dict[str, Any]] = []
         page_cursor = None
         while True:
-            params: dict[str, Any] = {"category": "linear", "symbol": symbol, "limit": 100}
-            if start is not None:
-                params["startTime"] = start
-            if until is not None:
-                params["endTime"] = int(until.timestamp() * 1000)
+            params: dict[str, Any] = {"category": "linear", "symbol": symbol, "limit": 100, **extra}
+            params = {k: v for k, v in params.items() if v is not None}
             if page_cursor:
                 params["cursor"] = page_cursor
             result = (await self._call("private_get_v5_execution_list", params)).get("result") or {}
-            for row in result.get("list") or []:
-                ts = int(row["execTime"])
-                newest = max(newest, ts)
-                if row.get("execType") == "Funding":
-                    funding.append(VenueFunding(
-                        venue=self.name, account=self.account, symbol=symbol, funding_id=row["execId"],
-                        amount=-Decimal(row["execFee"]), rate=_dec(row.get("feeRate")), ts=_ms_to_dt(ts), payload=row))
-                elif row.get("execType") in ("Trade", "BustTrade", "AdlTrade"):
-                    fills.append(VenueFill(
-                        venue=self.name, account=self.account, symbol=symbol, fill_id=row["execId"],
-                        order_id=row.get("orderId") or None, client_order_id=row.get("orderLinkId") or None,
-                        side="buy" if row["side"] == "Buy" else "sell", qty=Decimal(row["execQty"]),
-                        price=Decimal(row["execPrice"]), fee=Decimal(row.get("execFee") or 0),
-                        fee_asset=row.get("feeCurrency") or "USDT", liquidation=row["execType"] != "Trade",
-                        ts=_ms_to_dt(ts), payload=row))
+            rows += result.get("list") or []
             page_cursor = result.get("nextPageCursor")
             if not page_cursor:
-                break
+                return rows
+
+    def _parse_executions(self, rows: list[dict[str, Any]], symbol: str) -> tuple[list[VenueFill], list[VenueFunding]]:
+        fills: list[VenueFill] = []
+        funding: list[VenueFunding] = []
+        for row in rows:
+            ts = int(row["execTime"])
+            if row.get("execType") == "Funding":
+                funding.append(VenueFunding(
+                    venue=self.name, account=self.account, symbol=symbol, funding_id=row["execId"],
+                    amount=-Decimal(row["execFee"]), rate=_dec(row.get("feeRate")), ts=_ms_to_dt(ts), payload=row))
+            elif row.get("execType") in ("Trade", "BustTrade", "AdlTrade"):
+                fills.append(VenueFill(
+                    venue=self.name, account=self.account, symbol=symbol, fill_id=row["execId"],
+                    order_id=row.get("orderId") or None, client_order_id=row.get("orderLinkId") or None,
+                    side="buy" if row["side"] == "Buy" else "sell", qty=Decimal(row["execQty"]),
+                    price=Decimal(row["execPrice"]), fee=Decimal(row.get("execFee") or 0),
+                    fee_asset=row.get("feeCurrency") or "USDT", liquidation=row["execType"] != "Trade",
+                    ts=_ms_to_dt(ts), payload=row))
         fills.sort(key=lambda f: (f.ts, f.payload.get("seq", 0)))
         funding.sort(key=lambda f: f.ts)
-        return AccountEvents(fills=fills, funding=funding, cursor=str(newest) if newest else cursor)
+        return fills, funding
 
 
 class BinanceUsdmVenue(CcxtVenue):
@@ -495,33 +528,60 @@ class BinanceUsdmVenue(CcxtVenue):
             return None
         return self._order_state(self.ex.parse_order(raw, self.ex.market(unified)), symbol)
 
-    async def events_since(self, symbol: str, cursor: str | None, *, until: datetime | None = None) -> AccountEvents:
-        """userTrades + FUNDING_FEE income; cursor = last trade/income time seen (ms)."""
-        start = int(cursor) if cursor else None
-        params: dict[str, Any] = {"symbol": symbol, "limit": 1000}
-        if start is not None:
-            params["startTime"] = start
-        if until is not None:
-            params["endTime"] = int(until.timestamp() * 1000)
-        trades = await self._call("fapiPrivateGetUserTrades", params)
+    async def events_since(self, symbol: str, cursor: str | None, *, since_ms: int | None = None,
+                           until: datetime | None = None) -> AccountEvents:
+        """userTrades and FUNDING_FEE income, each with its own cursor (`"<trades ms>,<income ms>"`; `since_ms`
+        when there is none yet), read in windows of at most 7 days to now with a minute of overlap, paging
+        past 1,000 rows."""
+        end_ms = int((until.timestamp() if until else time.time()) * 1000)
+        trade_from, income_from = (int(x) if x else since_ms for x in (cursor.split(",") if cursor else ("", "")))
+        trades: list[dict[str, Any]] = []
+        incomes: list[dict[str, Any]] = []
+        for begin, finish in self._windows(trade_from, end_ms):
+            trades += await self._paged("fapiPrivateGetUserTrades", symbol, begin, finish, {})
+        for begin, finish in self._windows(income_from, end_ms):
+            incomes += await self._paged("fapiPrivateGetIncome", symbol, begin, finish, {"incomeType": "FUNDING_FEE"})
+        fills = await self._parse_trades(trades, symbol)
+        funding = [VenueFunding(venue=self.name, account=self.account, symbol=symbol, funding_id=str(row["tranId"]),
+                                amount=Decimal(row["income"]), ts=_ms_to_dt(int(row["time"])), payload=row)
+                   for row in incomes]
+        newest_trade = max([trade_from or 0, *(int(r["time"]) for r in trades)])
+        newest_income = max([income_from or 0, *(int(r["time"]) for r in incomes)])
+        return AccountEvents(fills=fills, funding=funding, cursor=f"{newest_trade or ''},{newest_income or ''}")
+
+    async def fills_for_order(self, symbol: str, client_order_id: str) -> list[VenueFill]:
+        order = await self.order_by_client_id(symbol, client_order_id)
+        if order is None:
+            return []
+        trades = await self._call("fapiPrivateGetUserTrades", {"symbol": symbol, "orderId": order.order_id})
+        return await self._parse_trades(trades, symbol)
+
+    async def _paged(self, method: str, symbol: str, begin: int | None, finish: int, extra: dict[str, Any]) -> list:
+        rows: list[dict[str, Any]] = []
+        while True:
+            params: dict[str, Any] = {"symbol": symbol, "limit": 1000, "endTime": finish, **extra}
+            if begin is not None:
+                params["startTime"] = begin
+            page = await self._call(method, params)
+            rows += page
+            if len(page) < 1000:
+                return rows
+            begin = int(page[-1]["time"])  # the next page starts where this one ended (repeats are dropped)
+
+    async def _parse_trades(self, trades: list[dict[str, Any]], symbol: str) -> list[VenueFill]:
         orders = {str(o["orderId"]): o.get("clientOrderId", "") for o in
                   await self._call("fapiPrivateGetAllOrders", {"symbol": symbol, "limit": 1000})} if trades else {}
-        incomes = await self._call("fapiPrivateGetIncome", {**params, "incomeType": "FUNDING_FEE"})
-        fills, funding, newest = [], [], start or 0
+        fills, seen = [], set()
         for row in trades:
-            ts = int(row["time"])
-            newest = max(newest, ts)
+            if row["id"] in seen:
+                continue
+            seen.add(row["id"])
             client_id = orders.get(str(row["orderId"])) or None
             fills.append(VenueFill(
                 venue=self.name, account=self.account, symbol=symbol, fill_id=str(row["id"]),
                 order_id=str(row["orderId"]), client_order_id=client_id, side=row["side"].lower(),
                 qty=Decimal(row["qty"]), price=Decimal(row["price"]), fee=Decimal(row.get("commission") or 0),
                 fee_asset=row.get("commissionAsset") or "USDT",
-                liquidation=bool(client_id and client_id.startswith("autoclose-")), ts=_ms_to_dt(ts), payload=row))
-        for row in incomes:
-            ts = int(row["time"])
-            newest = max(newest, ts)
-            funding.append(VenueFunding(venue=self.name, account=self.account, symbol=symbol,
-                                        funding_id=str(row["tranId"]), amount=Decimal(row["income"]), ts=_ms_to_dt(ts),
-                                        payload=row))
-        return AccountEvents(fills=fills, funding=funding, cursor=str(newest) if newest else cursor)
+                liquidation=bool(client_id and client_id.startswith("autoclose-")), ts=_ms_to_dt(int(row["time"])),
+                payload=row))
+        return fills

@@ -13,12 +13,13 @@ from typing import Any
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.store import Store
+from activities.store import Store, StoreError
 from activities.venue import OrderRejected, VenueError, VenueRateLimited
 from activities.venues import VenuePool
 from models.hedge import (
     EnsureHedge,
     FillSummary,
+    HedgeRecord,
     HedgeStatusChange,
     MarketFacts,
     MarketRequest,
@@ -29,6 +30,7 @@ from models.hedge import (
     SyncRequest,
     SyncResult,
 )
+from models.ledger import HedgeStatus
 from models.venue import OrderRequest, OrderState, OrderType, TimeInForce
 from models.venue_events import VenueFill
 
@@ -65,11 +67,17 @@ class HedgeActivities:
             raise as_activity_error(err) from None
 
     @activity.defn(name="hedge_ensure")
-    async def ensure(self, req: EnsureHedge) -> None:
+    async def ensure(self, req: EnsureHedge) -> HedgeRecord:
         config: dict[str, Any] = {"book": req.book, "exposure_id": req.exposure_id, "side": req.side.value}
-        await asyncio.to_thread(self.store.create_hedge, id=req.ref.hedge_id, book=req.book,
-                                exposure_id=req.exposure_id, venue=req.ref.venue, account=req.ref.account,
-                                symbol=req.ref.symbol, side=req.side.value, config=config)
+        existed = await asyncio.to_thread(self.store.get_hedge, req.ref.hedge_id) is not None
+        try:
+            hedge = await asyncio.to_thread(self.store.create_hedge, id=req.ref.hedge_id, book=req.book,
+                                            exposure_id=req.exposure_id, venue=req.ref.venue, account=req.ref.account,
+                                            symbol=req.ref.symbol, side=req.side.value, config=config)
+        except StoreError as err:
+            raise ApplicationError(str(err), type="HedgeConflict", non_retryable=True) from None
+        return HedgeRecord(created_ms=int(hedge.created_at.timestamp() * 1000), status=HedgeStatus(hedge.status),
+                           existed=existed)
 
     @activity.defn(name="hedge_set_status")
     async def set_status(self, change: HedgeStatusChange) -> None:
@@ -123,7 +131,7 @@ class HedgeActivities:
         cursor, written, fills = req.cursor, 0, []
         try:
             for attempt in range(SYNC_ATTEMPTS):
-                page = await venue.events_since(ref.symbol, cursor)
+                page = await venue.events_since(ref.symbol, cursor, since_ms=req.since_ms)
                 events = sorted([*page.fills, *page.funding], key=lambda e: e.ts)
                 ingested = await asyncio.to_thread(self.store.record, ref.hedge_id, events)
                 written += ingested.written
@@ -131,6 +139,13 @@ class HedgeActivities:
                 cursor = page.cursor
                 missing = [cid for cid, filled in req.expect_filled.items()
                            if await asyncio.to_thread(self.store.filled_by_order, ref.hedge_id, cid) < filled]
+                if missing and attempt >= 1:  # not in the account's list (yet): ask for the order's own fills
+                    for cid in missing:
+                        own = await venue.fills_for_order(ref.symbol, cid)
+                        written += (await asyncio.to_thread(self.store.record, ref.hedge_id, own)).written
+                        fills += own
+                    missing = [cid for cid, filled in req.expect_filled.items()
+                               if await asyncio.to_thread(self.store.filled_by_order, ref.hedge_id, cid) < filled]
                 if not missing:
                     break
                 if attempt == SYNC_ATTEMPTS - 1:

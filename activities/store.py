@@ -118,9 +118,18 @@ class Store:
     # -- hedges ---------------------------------------------------------------------------------
     def create_hedge(self, *, id: str, book: str, exposure_id: str, venue: str, account: str, symbol: str,
                      side: str, config: dict[str, Any] | None = None) -> Hedge:
-        """Create a hedge, or return the existing one when enrolment is retried with the same identity."""
+        """Create a hedge, or return the existing one when enrolment is retried with the same identity.
+
+        One active hedge per venue account and symbol: its fills and position are the account's, so a second
+        hedge there could not tell its fills from the first one's."""
         identity = dict(book=book, exposure_id=exposure_id, venue=venue, account=account, symbol=symbol, side=side)
         with self._write() as session:
+            clash = session.exec(select(Hedge.id).where(
+                Hedge.venue == venue, Hedge.account == account, Hedge.symbol == symbol, Hedge.id != id,
+                Hedge.status != HedgeStatus.CLOSED)).first()
+            if clash is not None:
+                raise StoreError(f"hedge {clash} is already active on {venue}:{account} {symbol}; one hedge per "
+                                 "venue account and symbol")
             existing = session.get(Hedge, id)
             if existing is not None:
                 differs = {k: (getattr(existing, k), v) for k, v in identity.items() if getattr(existing, k) != v}

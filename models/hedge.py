@@ -97,6 +97,9 @@ class FillSummary(BaseModel):
 class HedgeCarry(BaseModel):
     """What one run hands the next when it continues as new."""
 
+    client_tag: str = ""
+    risk_seq: int = 0
+    forced: bool = False
     status: HedgeStatus
     target: Decimal
     current: Decimal
@@ -173,6 +176,14 @@ class EnsureHedge(BaseModel):
     target: Decimal
 
 
+class HedgeRecord(BaseModel):
+    """What hedge_ensure tells a starting workflow about the hedge's store row."""
+
+    created_ms: int  # fills before this belong to no hedge of ours
+    status: HedgeStatus
+    existed: bool  # the row was there already: a workflow for this hedge ran before
+
+
 class HedgeStatusChange(BaseModel):
     hedge_id: str
     status: HedgeStatus
@@ -211,6 +222,7 @@ class OrderLookup(BaseModel):
 class SyncRequest(BaseModel):
     ref: HedgeRef
     cursor: str | None
+    since_ms: int | None = None  # where a first sync starts: fills before the hedge existed are not its own
     expect_filled: dict[str, Decimal] = Field(default_factory=dict, description="client id -> filled at venue")
     reconcile: bool = False  # also compare with the venue's position
 

@@ -99,6 +99,8 @@ def next_order(*, target: Decimal, current: Decimal, hedge_side: str, qty_step: 
     """
     sign = -1 if hedge_side == "short" else 1
     desired = sign * target
+    if current != 0 and abs(current) < min_qty and (desired == 0 or (current > 0) != (desired > 0)):
+        current = Decimal(0)  # dust on the wrong side cannot be traded away: hedge as if flat
     wrong_side = current != 0 and desired != 0 and (current > 0) != (desired > 0)
     if wrong_side or (desired == 0 and current != 0):
         side, qty, reduce_only = ("buy" if current < 0 else "sell"), abs(current), True

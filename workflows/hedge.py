@@ -15,6 +15,7 @@ Client order ids are the hedge id plus a sequence number kept here, so no retry 
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 from datetime import datetime, timedelta
 from decimal import Decimal
@@ -32,6 +33,7 @@ with workflow.unsafe.imports_passed_through():
         FillSummary,
         HedgeCarry,
         HedgeInput,
+        HedgeRecord,
         HedgeRef,
         HedgeStatusChange,
         HedgeView,
@@ -62,9 +64,10 @@ STORE_CALL = dict(start_to_close_timeout=timedelta(seconds=15),
 ALERT_CALL = dict(start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=timedelta(hours=1))
 
 
-def client_order_id(hedge_id: str, seq: int) -> str:
-    """hedge id + sequence, within the venues' 36 characters (long ids are shortened with a hash)."""
-    suffix = f"-{seq}"
+def client_order_id(hedge_id: str, seq: int, tag: str = "") -> str:
+    """hedge id + sequence, within the venues' 36 characters (long ids are shortened with a hash). A
+    workflow restarted for a hedge that traded before adds a tag, so its sequence cannot meet old ids."""
+    suffix = f"-{tag}{seq}"
     if len(hedge_id) + len(suffix) <= 36:
         return hedge_id + suffix
     digest = hashlib.sha256(hedge_id.encode()).hexdigest()[:8]
@@ -91,7 +94,10 @@ class HedgeWorkflow:
         self.risk_cleared_at: datetime | None = c.risk_cleared_at if c else None
         self.closing = c.closing if c else False
         self.target_seq = c.target_seq if c else 0
-        self.risk_seq = 0
+        self.risk_seq = c.risk_seq if c else 0
+        self.client_tag = c.client_tag if c else ""
+        self.forced = c.forced if c else False
+        self.since_ms: int | None = None
         self.last_fill: FillSummary | None = c.last_fill if c else None
         self.realised = c.realised_pnl if c else ZERO
         self.unrealised = c.unrealised_pnl if c else ZERO
@@ -153,8 +159,9 @@ class HedgeWorkflow:
 
     @workflow.signal
     def force_close(self, reason: str = "operator") -> None:
-        if not self.closing:
+        if not self.forced:  # also lifts an expiry close already under way to urgent pricing
             workflow.logger.info("force close of %s: %s", self.ref.hedge_id, reason)
+            self.forced = True
             self._close(Urgency.URGENT)
 
     @workflow.update
@@ -186,40 +193,81 @@ class HedgeWorkflow:
     # -- the loop -------------------------------------------------------------------------------
     @workflow.run
     async def run(self, inp: HedgeInput) -> HedgeView:
-        await workflow.execute_activity("hedge_ensure", EnsureHedge(
-            ref=self.ref, book=inp.book, exposure_id=inp.exposure_id, side=inp.side, target=self.target), **STORE_CALL)
-        self.market = await workflow.execute_activity("hedge_market", MarketRequest(ref=self.ref),
-                                                      result_type=MarketFacts, **VENUE_CALL)
-        await self._sync(reconcile=True)
+        await self._start_up(inp)
         next_reconcile = workflow.now() + timedelta(seconds=self.policy.reconcile_every_s)
         self._show()
+        try:
+            while True:
+                if self._should_continue_as_new():
+                    await workflow.wait_condition(workflow.all_handlers_finished)
+                    workflow.continue_as_new(inp.model_copy(update={"policy": self.policy, "carry": self._carry()}))
+                now = workflow.now()
+                try:
+                    if (not self.risk_active and self.risk_cleared_at is not None and not self.closing
+                            and now >= self.risk_cleared_at + timedelta(seconds=self.policy.expiry_s)):
+                        workflow.logger.info("risk cleared %ss ago: closing %s", self.policy.expiry_s,
+                                             self.ref.hedge_id)
+                        self._close(Urgency.NORMAL)
+                    if self.open_order is not None:
+                        await self._tend_order(now)
+                    if now >= next_reconcile:
+                        await self._sync(reconcile=True)
+                        next_reconcile = workflow.now() + timedelta(seconds=self.policy.reconcile_every_s)
+                    if self.retry_at is not None and workflow.now() >= self.retry_at:
+                        self.retry_at = None
+                    if self._may_place() and self.retry_at is None:
+                        await self._place_next()
+                except ActivityError as err:
+                    self._venue_failed(err)
+                self._show()
+                if self.closing and self.open_order is None and self._flat():
+                    return await self._finish()
+                await self._sleep(next_reconcile)
+        except asyncio.CancelledError:
+            if self.open_order is not None:  # a cancelled hedge leaves nothing resting at the venue
+                await workflow.execute_activity("hedge_cancel", OrderLookup(
+                    ref=self.ref, client_order_id=self.open_order.client_order_id), **VENUE_CALL)
+            raise
+
+    async def _start_up(self, inp: HedgeInput) -> None:
+        """The store row, the market's lot sizes and a first reconciliation; a venue that is down delays
+        this (with alerts) instead of failing the hedge."""
         while True:
-            if self._should_continue_as_new():
-                await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(inp.model_copy(update={"policy": self.policy, "carry": self._carry()}))
-            now = workflow.now()
             try:
-                if (not self.risk_active and self.risk_cleared_at is not None and not self.closing
-                        and now >= self.risk_cleared_at + timedelta(seconds=self.policy.expiry_s)):
-                    workflow.logger.info("risk cleared %ss ago: closing %s", self.policy.expiry_s, self.ref.hedge_id)
-                    self._close(Urgency.NORMAL)
-                if self.open_order is not None:
-                    await self._tend_order(now)
-                if now >= next_reconcile:
-                    await self._sync(reconcile=True)
-                    next_reconcile = workflow.now() + timedelta(seconds=self.policy.reconcile_every_s)
-                if self.open_order is None and (not self.paused or self.closing) and (
-                        self.retry_at is None or now >= self.retry_at):
-                    await self._place_next()
+                record: HedgeRecord | None = await workflow.execute_activity("hedge_ensure", EnsureHedge(
+                    ref=self.ref, book=inp.book, exposure_id=inp.exposure_id, side=inp.side, target=self.target),
+                    result_type=HedgeRecord | None, **STORE_CALL)
+                if record is None:
+                    pass  # a run started before hedge_ensure answered (its history holds None): as it was then
+                elif inp.carry is None:
+                    if record.status == HedgeStatus.CLOSED:
+                        raise ApplicationError(f"hedge {self.ref.hedge_id} is closed; a new hedge needs a new id",
+                                               type="HedgeClosed", non_retryable=True)
+                    if record.existed:
+                        self.client_tag = workflow.uuid4().hex[:4]
+                self.since_ms = record.created_ms if record is not None else None
+                self.market = await workflow.execute_activity("hedge_market", MarketRequest(ref=self.ref),
+                                                              result_type=MarketFacts, **VENUE_CALL)
+                await self._sync(reconcile=True)
+                self.blocked = None
+                return
             except ActivityError as err:
-                cause = err.cause.message if isinstance(err.cause, ApplicationError) else str(err.cause or err)
-                self.blocked, self.retry_at = f"venue call failed: {cause}", workflow.now() + timedelta(
-                    seconds=self.policy.replace_after_s)
-                self._alert("CRITICAL", "venue", f"hedge {self.ref.hedge_id}: venue call failing", cause)
-            self._show()
-            if self.closing and self.open_order is None and self._flat():
-                return await self._finish()
-            await self._sleep(next_reconcile)
+                cause = err.cause
+                if isinstance(cause, ApplicationError) and cause.non_retryable:
+                    raise ApplicationError(f"hedge {self.ref.hedge_id} cannot start: {cause.message}",
+                                           type=cause.type or "HedgeStartFailed", non_retryable=True) from None
+                self._venue_failed(err)
+                self._show()
+                await workflow.sleep(timedelta(seconds=self.policy.replace_after_s), summary="retry start-up")
+
+    def _venue_failed(self, err: ActivityError) -> None:
+        cause = err.cause.message if isinstance(err.cause, ApplicationError) else str(err.cause or err)
+        self.blocked = f"venue call failed: {cause}"
+        self.retry_at = workflow.now() + timedelta(seconds=self.policy.replace_after_s)
+        self._alert("CRITICAL", "venue", f"hedge {self.ref.hedge_id}: venue call failing", cause)
+
+    def _may_place(self) -> bool:
+        return self.open_order is None and (not self.paused or self.forced)
 
     async def _sleep(self, next_reconcile: datetime) -> None:
         now = workflow.now()
@@ -228,7 +276,7 @@ class HedgeWorkflow:
             check = now + timedelta(seconds=self.policy.fill_check_s)
             timers.append(("replace", self.open_order.replace_at) if self.open_order.replace_at <= check
                           else ("fill check", check))
-        if self.retry_at is not None:
+        if self.retry_at is not None and self.retry_at > now and self._may_place():
             timers.append(("retry", self.retry_at))
         if not self.risk_active and self.risk_cleared_at is not None and not self.closing:
             timers.append(("expiry", self.risk_cleared_at + timedelta(seconds=self.policy.expiry_s)))
@@ -247,7 +295,7 @@ class HedgeWorkflow:
     async def _tend_order(self, now: datetime) -> None:
         order = self.open_order
         assert order is not None
-        if self.paused and not self.closing:
+        if self.paused and not self.forced:
             await self._cancel_open(escalate=False)
             return
         if self._order_obsolete(order):
@@ -279,6 +327,9 @@ class HedgeWorkflow:
         final: OrderState | None = await workflow.execute_activity(
             "hedge_cancel", OrderLookup(ref=self.ref, client_order_id=order.client_order_id),
             result_type=OrderState | None, **VENUE_CALL)
+        if final is not None and final.status.is_open:  # the cancel did not take: keep watching, try again soon
+            order.replace_at = workflow.now() + timedelta(seconds=self.policy.fill_check_s)
+            return
         filled = final.filled if final is not None else order.filled
         await self._sync(expect={order.client_order_id: filled} if filled > 0 else {})
         self.open_order = None
@@ -293,7 +344,7 @@ class HedgeWorkflow:
         self.open_order = None
         if state is not None and filled >= order.qty:
             self.step = start_step(self.urgency, self._kinds())  # a full fill: the next order starts afresh
-        elif self.policy.ladder[order.step].kind == StepKind.IOC:
+        elif self.policy.ladder[min(order.step, len(self.policy.ladder) - 1)].kind == StepKind.IOC:
             self.retry_at = workflow.now() + timedelta(seconds=self.policy.fill_check_s)  # let liquidity refill
 
     def _next_step(self):
@@ -311,6 +362,8 @@ class HedgeWorkflow:
             return
         quote: QuoteFacts = await workflow.execute_activity("hedge_quote", MarketRequest(ref=self.ref),
                                                             result_type=QuoteFacts, **VENUE_CALL)
+        if self._next_step() != step or not self._may_place():
+            return  # a signal changed the picture while the quote was fetched: plan again
         rung = self.policy.ladder[min(self.step, len(self.policy.ladder) - 1)]
         priced = price_order(rung.kind, rung.bps, step.side, Quote(bid=quote.bid, ask=quote.ask, index=quote.index),
                              self.market.tick_size)
@@ -326,21 +379,26 @@ class HedgeWorkflow:
             self.blocked = f"{step.qty} at {priced.price} is below the venue minimum of {self.market.min_notional}"
             self.retry_at = now + timedelta(seconds=self.policy.replace_after_s)
             return
-        self.seq += 1
-        cid = client_order_id(self.ref.hedge_id, self.seq)
+        # the sequence moves on only once the venue has answered: a failed attempt's id is tried again, and
+        # the venue's lookup-before-place returns the order if the failed attempt did reach it
+        cid = client_order_id(self.ref.hedge_id, self.seq + 1, self.client_tag)
         outcome: PlaceOutcome = await workflow.execute_activity("hedge_place", PlaceHedgeOrder(
             ref=self.ref, client_order_id=cid, side=step.side, qty=step.qty, price=priced.price,
             time_in_force=priced.time_in_force, reduce_only=step.reduce_only), result_type=PlaceOutcome, **VENUE_CALL)
+        self.seq += 1
         self.blocked, self.retry_at = None, None
         if outcome.rejected is not None:
             await self._refused(outcome, cid)
             return
-        assert outcome.order is not None
+        held = outcome.order
+        assert held is not None
         placed_at = workflow.now()
+        # what the venue holds is the order, even if an earlier attempt under this id asked for something else
         self.open_order = OpenOrder(client_order_id=cid, step=min(self.step, len(self.policy.ladder) - 1),
-                                    side=step.side, qty=step.qty, price=priced.price,
-                                    time_in_force=priced.time_in_force, reduce_only=step.reduce_only,
-                                    placed_at=placed_at,
+                                    side=held.side, qty=held.qty, price=held.price or priced.price,
+                                    time_in_force=held.time_in_force.value if held.time_in_force
+                                    else priced.time_in_force,
+                                    reduce_only=held.reduce_only, placed_at=placed_at,
                                     replace_at=placed_at + timedelta(seconds=self.policy.replace_after_s))
         if not outcome.order.status.is_open:
             await self._order_done(outcome.order)
@@ -362,7 +420,8 @@ class HedgeWorkflow:
 
     async def _sync(self, *, expect: dict[str, Decimal] | None = None, reconcile: bool = False) -> None:
         result: SyncResult = await workflow.execute_activity(
-            "hedge_sync", SyncRequest(ref=self.ref, cursor=self.cursor, expect_filled=expect or {}, reconcile=reconcile),
+            "hedge_sync", SyncRequest(ref=self.ref, cursor=self.cursor, since_ms=self.since_ms, expect_filled=expect or {},
+                                      reconcile=reconcile),
             result_type=SyncResult, **VENUE_CALL)
         self.cursor, self.current = result.cursor, result.current
         self.realised, self.unrealised = result.realised_pnl, result.unrealised_pnl
@@ -405,14 +464,13 @@ class HedgeWorkflow:
         return [s.kind for s in self.policy.ladder]
 
     def _should_continue_as_new(self) -> bool:
-        if self.open_order is not None or self.closing:
-            return False
         info = workflow.info()
         limit = self.inp.continue_as_new_after or CONTINUE_AS_NEW_AFTER
         return info.is_continue_as_new_suggested() or info.get_current_history_length() >= limit
 
     def _carry(self) -> HedgeCarry:
-        return HedgeCarry(status=self.status, target=self.target, current=self.current, seq=self.seq, step=self.step,
+        return HedgeCarry(client_tag=self.client_tag, risk_seq=self.risk_seq, forced=self.forced,
+                          status=self.status, target=self.target, current=self.current, seq=self.seq, step=self.step,
                           cursor=self.cursor, paused=self.paused, risk_active=self.risk_active,
                           risk_cleared_at=self.risk_cleared_at, closing=self.closing, urgency=self.urgency,
                           target_seq=self.target_seq, last_fill=self.last_fill, realised_pnl=self.realised,
