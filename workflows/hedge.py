@@ -344,6 +344,10 @@ class HedgeWorkflow:
         self.open_order = None
         if state is not None and filled >= order.qty:
             self.step = start_step(self.urgency, self._kinds())  # a full fill: the next order starts afresh
+        elif (state is not None and state.reject_reason == RejectReason.POST_ONLY_WOULD_CROSS
+              and workflow.patched("escalate-late-post-only-cancel")):
+            self.step = min(self.step + 1, len(self.policy.ladder) - 1)  # cancelled for crossing: move on a rung
+            self.wake = True
         elif self.policy.ladder[min(order.step, len(self.policy.ladder) - 1)].kind == StepKind.IOC:
             self.retry_at = workflow.now() + timedelta(seconds=self.policy.fill_check_s)  # let liquidity refill
 
@@ -402,6 +406,8 @@ class HedgeWorkflow:
                                     replace_at=placed_at + timedelta(seconds=self.policy.replace_after_s))
         if not outcome.order.status.is_open:
             await self._order_done(outcome.order)
+            if workflow.patched("replan-after-closed-order"):  # runs from before this change keep their timers
+                self.wake = True  # closed on arrival: look at what is left now, not at the next timer
         elif outcome.order.filled > 0:
             await self._sync(expect={cid: outcome.order.filled})
             self.open_order.filled = outcome.order.filled
