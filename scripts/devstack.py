@@ -88,11 +88,17 @@ def port_free(host: str, port: int) -> bool:
     return True
 
 
+def last_line(path: Path) -> str:
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1].strip() if lines else "(no output)"
+
+
 def wait_until(check, what: str, child: Child, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if child.proc.poll() is not None:
-            raise RuntimeError(f"{child.name} exited with status {child.proc.returncode} while {what}; see {child.log}")
+            raise RuntimeError(f"{child.name} exited with status {child.proc.returncode} while {what}: "
+                               f"{last_line(child.log)} (full log: {child.log})")
         if check():
             return
         time.sleep(0.2)
