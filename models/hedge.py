@@ -71,6 +71,11 @@ class HedgeInput(BaseModel):
     continue_as_new_after: int | None = Field(None, ge=100, description="history events; None: server's advice")
     carry: HedgeCarry | None = None  # state handed over by continue-as-new
 
+    def summary(self) -> str:
+        """The one line the Temporal UI lists the hedge by; pass it as static_summary when starting it."""
+        return (f"hedge {self.hedge_id} · {self.side.value} {self.symbol} on {self.venue}:{self.account} · "
+                f"{self.book} {self.exposure_id}")[:200]
+
 
 class OpenOrder(BaseModel):
     client_order_id: str

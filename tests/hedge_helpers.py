@@ -20,7 +20,7 @@ async def start_hedge(env: WorkflowEnvironment, task_queue: str, *, hedge_id: st
                      account=account, symbol="BTCUSDT", side=HedgeSide(side), target=D(target),
                      policy=policy or OrderPolicy(), **extra)
     # the session's server outlives each test: the workflow id carries the test's task queue
-    handle = await env.client.start_workflow(HedgeWorkflow.run, inp,
+    handle = await env.client.start_workflow(HedgeWorkflow.run, inp, static_summary=inp.summary(),
                                              id=workflow_id or f"hedge-{hedge_id}-{task_queue}", task_queue=task_queue)
     STARTED.append(handle)
     return handle

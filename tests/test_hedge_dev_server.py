@@ -156,6 +156,12 @@ async def test_temporal_ui_http_api_lists_a_running_hedge_by_its_search_attribut
                 found = await asyncio.to_thread(listed, url)
                 await asyncio.sleep(0.3)
             assert handle.id not in await asyncio.to_thread(listed, url.replace("bybit", "binanceusdm"))
+            described = await handle.describe()
+            assert await described.static_summary() == "hedge loan-L-1 · short BTCUSDT on bybit:desk · loan L-1"
+            from temporalio.api.sdk.v1 import WorkflowMetadata
+
+            metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+            assert "**OPEN** short BTCUSDT on bybit:desk" in metadata.current_details  # what the UI shows
             await terminate_started()
     finally:
         await env.shutdown()
