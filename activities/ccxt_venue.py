@@ -124,6 +124,7 @@ class CcxtVenue:
     def __init__(self, exchange: Any, account: str) -> None:
         self.ex = exchange
         self.account = account
+        self._client_id_cache: dict[str, str] = {}
         self._markets: dict[str, MarketInfo] | None = None
         self._unified: dict[str, str] = {}
 
@@ -568,9 +569,19 @@ class BinanceUsdmVenue(CcxtVenue):
                 return rows
             begin = int(page[-1]["time"])  # the next page starts where this one ended (repeats are dropped)
 
+    async def _client_ids(self, symbol: str, order_ids: set[str]) -> dict[str, str]:
+        """Our client order id for each Binance order id (userTrades carries only the latter). Looked up
+        per order, whatever its age, and remembered: allOrders only reaches back 7 days."""
+        for order_id in order_ids - self._client_id_cache.keys():
+            try:
+                raw = await self._call("fapiPrivateGetOrder", {"symbol": symbol, "orderId": order_id})
+                self._client_id_cache[order_id] = raw.get("clientOrderId") or ""
+            except OrderNotFound:
+                self._client_id_cache[order_id] = ""
+        return {oid: self._client_id_cache[oid] for oid in order_ids}
+
     async def _parse_trades(self, trades: list[dict[str, Any]], symbol: str) -> list[VenueFill]:
-        orders = {str(o["orderId"]): o.get("clientOrderId", "") for o in
-                  await self._call("fapiPrivateGetAllOrders", {"symbol": symbol, "limit": 1000})} if trades else {}
+        orders = await self._client_ids(symbol, {str(t["orderId"]) for t in trades})
         fills, seen = [], set()
         for row in trades:
             if row["id"] in seen:

@@ -8,8 +8,8 @@ loan's repayment / adjustment history (same amount, after the intent, not claime
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime, timedelta
-from decimal import Decimal
+from datetime import UTC, datetime
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
 
 from activities.ccxt_venue import BybitVenue
@@ -17,7 +17,9 @@ from activities.store import LoanIntents, Store
 from activities.venue import OrderRejected, VenueUnavailable
 from models.loan import IntentStatus, LoanActionKind, LoanActionResult, LoanIntent, LoanSnapshot
 
-CLOCK_SLACK = timedelta(seconds=60)  # venue and worker clocks differ; a claimed ref is never reused anyway
+# the venue's precision for what it stores; amounts are cut to it before the intent is written, so a
+# retry compares like with like
+PRECISION = {"USDT": Decimal("0.0001"), "BTC": Decimal("0.00000001")}
 
 
 def _dec(value: Any) -> Decimal:
@@ -48,14 +50,17 @@ class LoanOps:
         return await self._act(key, LoanActionKind.ADD_COLLATERAL, "BTC", amount_btc)
 
     async def _act(self, key: str, kind: LoanActionKind, currency: str, amount: Decimal) -> LoanActionResult:
+        amount = amount.quantize(PRECISION[currency], rounding=ROUND_DOWN)
         if amount <= 0:
-            raise ValueError(f"{kind.value} amount must be positive, got {amount}")
+            raise ValueError(f"{kind.value} amount must be positive at the venue's precision, got {amount}")
         intent = await asyncio.to_thread(self.intents.get, key)
         if intent is not None and intent.status == IntentStatus.DONE:
             self._same(intent, kind, amount)
             return self._result(intent, already_done=True)
         if intent is None:
-            before = (await self.read()).model_dump(mode="json")
+            # the venue's records that exist before this intent: whatever appears later and is unclaimed may be
+            # ours (no clock is compared, so a worker whose clock is off cannot miss its own repayment)
+            before = {**(await self.read()).model_dump(mode="json"), "seen": sorted(r[0] for r in await self._history(kind))}
             intent = await asyncio.to_thread(
                 self.intents.create, key=key, venue=self.venue.name, account=self.venue.account, kind=kind,
                 currency=currency, amount=amount, before=before)
@@ -93,11 +98,9 @@ class LoanOps:
                                           retries_unavailable=0)
         return str(response["result"]["adjustId"])
 
-    async def _find(self, intent: LoanIntent) -> str | None:
-        """The venue's record of this intent's action, if it happened."""
-        claimed = await asyncio.to_thread(self.intents.claimed_refs, intent.venue, intent.account, intent.kind)
-        since_ms = int((intent.created_at - CLOCK_SLACK).timestamp() * 1000)
-        if intent.kind == LoanActionKind.REPAY:
+    async def _history(self, kind: str) -> list[tuple[str, Decimal]]:
+        """(venue ref, amount) of every repayment or collateral addition the venue lists, oldest first."""
+        if kind == LoanActionKind.REPAY:
             response = await self.venue._call("private_get_v5_crypto_loan_flexible_repayment_history",
                                               {"loanCurrency": "USDT", "limit": 100})
             rows = [(int(r["repayTime"]), str(r["repayId"]), _dec(r["repayAmount"]))
@@ -107,10 +110,19 @@ class LoanOps:
                                               {"collateralCurrency": "BTC", "limit": 100})
             rows = [(int(r["adjustTime"]), str(r["adjustId"]), _dec(r["amount"]))
                     for r in (response.get("result") or {}).get("list") or [] if str(r.get("direction")) == "0"]
-        matches = sorted(r for r in rows if r[0] >= since_ms and r[2] == intent.amount and r[1] not in claimed)
-        return matches[0][1] if matches else None
+        return [(ref, amount) for _, ref, amount in sorted(rows)]
+
+    async def _find(self, intent: LoanIntent) -> str | None:
+        """The venue's record of this intent's action, if it happened: the oldest record of this amount that
+        was not there when the intent was written and that no other intent has claimed."""
+        claimed = await asyncio.to_thread(self.intents.claimed_refs, intent.venue, intent.account, intent.kind)
+        seen = set(intent.before.get("seen", []))
+        matches = [ref for ref, amount in await self._history(intent.kind)
+                   if amount == intent.amount and ref not in seen and ref not in claimed]
+        return matches[0] if matches else None
 
     async def _done(self, intent: LoanIntent, ref: str, *, already_done: bool) -> LoanActionResult:
+        """Claim the venue's record for this intent; the store refuses a record another intent holds."""
         finished = await asyncio.to_thread(self.intents.finish, intent.key, status=IntentStatus.DONE, venue_ref=ref)
         return self._result(finished, already_done=already_done)
 

@@ -337,10 +337,18 @@ class LoanIntents:
         return intent
 
     def finish(self, key: str, *, status: IntentStatus, venue_ref: str | None = None, error: str | None = None) -> LoanIntent:
+        """Record the outcome. A venue record already claimed by another intent is refused (the same
+        transaction checks and claims, and a unique index backs it)."""
         with self.store._write() as session:
             intent = session.get(LoanIntent, key)
             if intent is None:
                 raise StoreError(f"no loan intent {key}")
+            if venue_ref is not None:
+                holder = session.exec(select(LoanIntent.key).where(
+                    LoanIntent.venue == intent.venue, LoanIntent.account == intent.account,
+                    LoanIntent.kind == intent.kind, LoanIntent.venue_ref == venue_ref, LoanIntent.key != key)).first()
+                if holder is not None:
+                    raise StoreError(f"venue record {venue_ref} already belongs to loan intent {holder}")
             intent.status, intent.venue_ref, intent.error = status, venue_ref, error
             intent.updated_at = _now()
             session.add(intent)

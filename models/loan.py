@@ -12,7 +12,7 @@ from enum import StrEnum
 from typing import Any
 
 from pydantic import AwareDatetime, BaseModel
-from sqlalchemy import JSON
+from sqlalchemy import JSON, Index
 from sqlmodel import Field, SQLModel
 
 from models.types import DecimalType, UTCDateTime
@@ -31,6 +31,7 @@ class IntentStatus(StrEnum):
 
 class LoanIntent(SQLModel, table=True):
     __tablename__ = "loan_intent"
+    __table_args__ = (Index("uq_loan_intent_venue_ref", "venue", "account", "kind", "venue_ref", unique=True),)
 
     key: str = Field(primary_key=True, max_length=128)
     venue: str = Field(max_length=32)

@@ -41,7 +41,7 @@ class VenueFill(BaseModel):
 
     @property
     def identity(self) -> str:
-        return f"{self.venue}:{self.account}:fill:{self.fill_id}"
+        return f"{self.venue}:{self.account}:fill:{self.symbol}:{self.fill_id}"  # Binance trade ids are per symbol
 
 
 class VenueFunding(BaseModel):

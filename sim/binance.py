@@ -42,6 +42,24 @@ class BinanceError(Exception):
         self.code, self.message, self.status = code, message, status
 
 
+SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000
+
+
+def seven_days(params: dict[str, str]) -> tuple[int, int]:
+    """Binance's rule for userTrades, income and allOrders: a range of at most 7 days, the last 7 days by
+    default, 7 days from a lone startTime."""
+    start = int(params["startTime"]) if params.get("startTime") else None
+    end = int(params["endTime"]) if params.get("endTime") else None
+    if start is not None and end is not None:
+        if end - start > SEVEN_DAYS_MS:
+            raise BinanceError(-4166, "Search window is restricted to recent 7 days only.")
+        return start, end
+    if start is not None:
+        return start, start + SEVEN_DAYS_MS
+    end = end if end is not None else wall_ms()
+    return end - SEVEN_DAYS_MS, end
+
+
 def dec(params: dict[str, str], name: str, *, required: bool = True) -> Decimal | None:
     value = params.get(name)
     if value in (None, ""):
@@ -209,7 +227,7 @@ class BinanceApp:
                     {"filterType": "LOT_SIZE", "stepSize": num(inst.qty_step), "minQty": num(inst.min_qty),
                      "maxQty": num(inst.max_qty)},
                     {"filterType": "MARKET_LOT_SIZE", "stepSize": num(inst.qty_step), "minQty": num(inst.min_qty),
-                     "maxQty": num(inst.max_qty / 8)},
+                     "maxQty": num(inst.max_market_qty)},
                     {"filterType": "MAX_NUM_ORDERS", "limit": 200},
                     {"filterType": "MAX_NUM_ALGO_ORDERS", "limit": 10},
                     {"filterType": "MIN_NOTIONAL", "notional": num(inst.min_notional)},
@@ -313,22 +331,27 @@ class BinanceApp:
         return json_response([render_order(o) for o in request[ACCOUNT].open_orders(symbol)])
 
     async def all_orders(self, request: web.Request) -> web.Response:
-        symbol = self._symbol(request[PARAMS])
+        params = request[PARAMS]
+        symbol = self._symbol(params)
         orders = [o for o in request[ACCOUNT].orders if o.symbol == symbol]
-        return json_response([render_order(o) for o in orders][-int(request[PARAMS].get("limit") or 500):])
+        if params.get("orderId"):
+            orders = [o for o in orders if int(o.order_id) >= int(params["orderId"])]
+        else:
+            begin, end = seven_days(params)
+            orders = [o for o in orders if begin <= o.created_ms <= end]
+        return json_response([render_order(o) for o in orders][: int(params.get("limit") or 500)])
 
     async def user_trades(self, request: web.Request) -> web.Response:
         params, account = request[PARAMS], request[ACCOUNT]
         symbol = self._symbol(params)
         fills = [f for f in account.fills if f.symbol == symbol and f.exec_type != "Funding"]
-        if params.get("fromId"):
-            fills = [f for f in fills if f.seq >= int(params["fromId"])]
-        if params.get("startTime"):
-            fills = [f for f in fills if f.ts_ms >= int(params["startTime"])]
-        if params.get("endTime"):
-            fills = [f for f in fills if f.ts_ms <= int(params["endTime"])]
         if params.get("orderId"):
             fills = [f for f in fills if f.order_id == params["orderId"]]
+        elif params.get("fromId"):
+            fills = [f for f in fills if f.seq >= int(params["fromId"])]
+        else:
+            begin, end = seven_days(params)
+            fills = [f for f in fills if begin <= f.ts_ms <= end]
         fills = fills[: min(int(params.get("limit") or 500), 1000)]
         return json_response([{
             "buyer": f.side == "buy", "commission": num(f.fee), "commissionAsset": "USDT", "id": f.seq,
@@ -379,10 +402,8 @@ class BinanceApp:
         symbol = self._symbol(params, required=False)
         rows = [i for i in account.incomes if (not symbol or i.symbol == symbol)
                 and (not params.get("incomeType") or i.type == params["incomeType"])]
-        if params.get("startTime"):
-            rows = [i for i in rows if i.ts_ms >= int(params["startTime"])]
-        if params.get("endTime"):
-            rows = [i for i in rows if i.ts_ms <= int(params["endTime"])]
+        begin, end = seven_days(params)
+        rows = [i for i in rows if begin <= i.ts_ms <= end]
         rows = rows[: min(int(params.get("limit") or 100), 1000)]
         return json_response([{"symbol": i.symbol, "incomeType": i.type, "income": num(i.amount), "asset": i.asset,
                                "info": i.info, "time": i.ts_ms, "tranId": 9_000_000 + i.id, "tradeId": i.trade_id}

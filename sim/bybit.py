@@ -54,6 +54,24 @@ class BybitError(Exception):
         self.message = message
 
 
+SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000
+
+
+def seven_day_window(params: dict[str, Any]) -> tuple[int, int]:
+    """Bybit's rule for execution/list: at most 7 days; without times, the last 7 days; with one of them,
+    the 7 days from (or up to) it."""
+    start = int(params["startTime"]) if params.get("startTime") else None
+    end = int(params["endTime"]) if params.get("endTime") else None
+    if start is not None and end is not None:
+        if end - start > SEVEN_DAYS_MS:
+            raise BybitError(10001, "params error: the time range between startTime and endTime exceeds 7 days")
+        return start, end
+    if start is not None:
+        return start, start + SEVEN_DAYS_MS
+    end = end if end is not None else wall_ms()
+    return end - SEVEN_DAYS_MS, end
+
+
 def envelope(result: Any, code: int = 0, message: str = "OK") -> dict[str, Any]:
     return {"retCode": code, "retMsg": message, "result": result if result is not None else {}, "retExtInfo": {},
             "time": wall_ms()}
@@ -272,7 +290,7 @@ class BybitApp:
                     "priceFilter": {"minPrice": num(inst.tick), "maxPrice": "1999999.80", "tickSize": num(inst.tick)},
                     "lotSizeFilter": {"maxOrderQty": num(inst.max_qty), "minOrderQty": num(inst.min_qty),
                                       "qtyStep": num(inst.qty_step), "postOnlyMaxOrderQty": num(inst.max_qty),
-                                      "maxMktOrderQty": num(inst.max_qty / 10), "minNotionalValue": num(inst.min_notional)},
+                                      "maxMktOrderQty": num(inst.max_market_qty), "minNotionalValue": num(inst.min_notional)},
                     "unifiedMarginTrade": True, "fundingInterval": 480, "settleCoin_": inst.quote,
                     "copyTrading": "both", "upperFundingRate": "0.005", "lowerFundingRate": "-0.005",
                     "isPreListing": False, "preListingInfo": None,
@@ -371,10 +389,9 @@ class BybitApp:
                           ("execType", "exec_type")):
             if params.get(key):
                 fills = [f for f in fills if getattr(f, attr) == params[key]]
-        if params.get("startTime"):
-            fills = [f for f in fills if f.ts_ms >= int(params["startTime"])]
-        if params.get("endTime"):
-            fills = [f for f in fills if f.ts_ms <= int(params["endTime"])]
+        if not (params.get("orderId") or params.get("orderLinkId")):  # by order: any age
+            begin, end = seven_day_window(params)
+            fills = [f for f in fills if begin <= f.ts_ms <= end]
         start = int(params.get("cursor") or 0)
         limit = min(int(params.get("limit") or params.get("size") or 50), 100)
         page = fills[start:start + limit]

@@ -186,8 +186,7 @@ class ControlApp:
     async def replay_seek(self, request: web.Request) -> web.Response:
         if self.sim.replay is None:
             raise ControlError("no replay loaded")
-        self.sim.replay.seek(_ts(str(request[BODY].get("ts", ""))))
-        return json_response(self.sim.replay.status())
+        return json_response(self.sim.seek_replay(_ts(str(request[BODY].get("ts", "")))))
 
     async def replay_speed(self, request: web.Request) -> web.Response:
         if self.sim.replay is None:

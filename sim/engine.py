@@ -288,6 +288,8 @@ class Engine:
             raise Reject(RejectReason.BAD_QTY, f"bad side/type {side}/{type}")
         if qty <= 0 or not inst.on_step(qty) or qty < inst.min_qty or qty > inst.max_qty:
             raise Reject(RejectReason.BAD_QTY, f"qty {qty} outside [{inst.min_qty}, {inst.max_qty}] step {inst.qty_step}")
+        if type == "market" and qty > inst.max_market_qty:
+            raise Reject(RejectReason.BAD_QTY, f"market order qty {qty} above the market limit {inst.max_market_qty}")
         if type == "limit":
             if price is None or price <= 0 or not inst.on_tick(price):
                 raise Reject(RejectReason.BAD_PRICE, f"price {price} not on tick {inst.tick}")
@@ -320,6 +322,8 @@ class Engine:
                 raise Reject(RejectReason.POST_ONLY_WOULD_CROSS, "post-only order would immediately take liquidity")
             order.status, order.reject_reason = Status.CANCELLED, "EC_PostOnlyWillTakeLiquidity"
         self._register(account, order)
+        if order.status.open and crosses and order.tif == "FOK" and self._available_to(order) < order.qty:
+            order.status = Status.EXPIRED  # fill-or-kill: not all of it is there, so none of it trades
         if order.status.open and crosses:
             self._take(account, order)
         if order.status.open and order.tif in ("IOC", "FOK"):
@@ -333,6 +337,11 @@ class Engine:
         if order.client_id:
             account.by_client[order.client_id] = order
         account.by_id[order.order_id] = order
+
+    def _available_to(self, order: Order) -> Decimal:
+        return sum((qty for price, qty in self.levels(order.symbol, order.side)
+                    if order.type == "market" or (price <= order.price if order.side == "buy" else price >= order.price)),
+                   ZERO)
 
     def _take(self, account: Account, order: Order) -> None:
         for level_price, level_qty in self.levels(order.symbol, order.side):
@@ -378,12 +387,28 @@ class Engine:
                     side=order.side, qty=qty, price=price, fee=fee, fee_rate=rate, is_maker=is_maker,
                     exec_type=exec_type, ts_ms=order.updated_ms, realised_pnl=realised, seq=self._fill_seq)
         account.fills.append(fill)
+        self._trim_reduce_only(account, order.symbol, filled_by=order)
         self._income(account, order.symbol, "COMMISSION", -fee, fill.ts_ms, trade_id=fill.exec_id)
         if realised:
             self._income(account, order.symbol, "REALIZED_PNL", realised, fill.ts_ms, trade_id=fill.exec_id)
         self._emit("execution", account, fill)
         self._emit("position", account, account.position(order.symbol))
         return fill
+
+    def _trim_reduce_only(self, account: Account, symbol: str, *, filled_by: Order) -> None:
+        """As the venues do: a resting reduce-only order never exceeds the position it reduces."""
+        pos = account.position(symbol)
+        for order in account.open_orders(symbol):
+            if not order.reduce_only or order is filled_by:
+                continue
+            if pos.size == 0 or (pos.size > 0) == (order.sign > 0):
+                order.status = Status.CANCELLED
+            elif order.leaves > abs(pos.size):
+                order.qty = order.filled + abs(pos.size)
+            else:
+                continue
+            order.updated_ms = wall_ms()
+            self._emit("order", account, order)
 
     def _apply(self, account: Account, symbol: str, signed_qty: Decimal, price: Decimal, fee: Decimal) -> Decimal:
         """Move the position by a fill; returns realised PnL. Margin follows the isolated model."""
@@ -458,8 +483,11 @@ class Engine:
             self._emit("order", account, order)
         side = "buy" if pos.size < 0 else "sell"
         qty, lost = abs(pos.size), pos.margin
-        tick = self.instrument(symbol).tick  # venues fill on the tick grid: the bankruptcy side of the price
-        liq = (liq / tick).to_integral_value(rounding=ROUND_CEILING if side == "buy" else ROUND_FLOOR) * tick
+        # triggered at the liquidation price, filled at the bankruptcy price (where the margin is all gone),
+        # on the tick grid on the losing side, so the fill itself accounts for the whole loss
+        tick = self.instrument(symbol).tick
+        bankrupt = pos.entry + lost / qty if side == "buy" else pos.entry - lost / qty
+        liq = (bankrupt / tick).to_integral_value(rounding=ROUND_CEILING if side == "buy" else ROUND_FLOOR) * tick
         # Binance names its liquidation orders autoclose-...; Bybit's carry no orderLinkId
         client_id = f"autoclose-{wall_ms()}{self._order_seq}" if self.venue == "binanceusdm" else ""
         order = Order(order_id=self._next_order_id(), client_id=client_id, account=account.name,

@@ -182,6 +182,16 @@ class Simulator:
         self._settled_through = first.ts
         return replay
 
+    def seek_replay(self, moment: datetime) -> dict[str, Any]:
+        """Jump the replay: the market clock follows, and only boundaries crossed from there on settle."""
+        if self.replay is None:
+            raise ValueError("no replay loaded")
+        self.replay.seek(moment)
+        point = self.replay.points[self.replay.index]
+        self.market.clock.pin(point.ts)
+        self._settled_through = point.ts
+        return self.replay.status()
+
     def stop_replay(self) -> None:
         self.replay = None
         self.market.clock.pin(None)

@@ -63,7 +63,7 @@ async def test_a_pending_intent_left_by_a_dead_worker_is_reconciled_not_resent(s
 
 
 async def test_a_venue_down_through_every_attempt_leaves_the_intent_pending(sim, loan: LoanOps, store: Store):
-    sim.faults.add("bybit", "http500", 50, path="crypto-loan-flexible/repay")
+    sim.faults.add("bybit", "http500", 50, path="/v5/crypto-loan-flexible/repay", method="POST")
     with pytest.raises(VenueUnavailable):
         await loan.repay("L-1-repay-4", D("100"))
     assert LoanIntents(store).get("L-1-repay-4").status == IntentStatus.PENDING
@@ -85,7 +85,33 @@ async def test_refusals_fail_the_intent_with_the_reason(sim, loan: LoanOps, stor
         await loan.repay("L-1-repay-5", D("5000"))  # only 1000 USDT in the account
     assert rej.value.reason == RejectReason.INSUFFICIENT_BALANCE
     assert LoanIntents(store).get("L-1-repay-5").status == IntentStatus.FAILED
-    with pytest.raises(ValueError, match="is repay 5000, not repay 10"):
+    with pytest.raises(ValueError, match="is repay 5000.0000, not repay 10.0000"):
         await loan.repay("L-1-repay-5", D("10"))
     with pytest.raises(ValueError, match="must be positive"):
         await loan.add_collateral("L-1-collateral-2", D("0"))
+
+
+async def test_a_worker_clock_minutes_fast_still_finds_its_own_repayment(sim, loan: LoanOps, monkeypatch):
+    from datetime import UTC, datetime, timedelta
+
+    import activities.store as store_module
+
+    monkeypatch.setattr(store_module, "_now", lambda: datetime.now(UTC) + timedelta(minutes=2))
+    sim.faults.add("bybit", "timeout_after_accept", 1, path="crypto-loan-flexible/repay", hold_s=3)
+    done = await loan.repay("L-1-repay-skew", D("300"))
+    assert done.venue_ref and len(repay_calls(sim)) == 1 and (await loan.read()).principal == D("23700")
+
+
+async def test_two_intents_of_the_same_amount_never_claim_one_repayment(sim, loan: LoanOps, store: Store):
+    first = await loan.repay("L-1-repay-a", D("100"))
+    second = await loan.repay("L-1-repay-b", D("100"))
+    assert first.venue_ref != second.venue_ref and len(repay_calls(sim)) == 2
+    from activities.store import StoreError
+
+    with pytest.raises(StoreError, match="already belongs to loan intent L-1-repay-a"):
+        LoanIntents(store).finish("L-1-repay-b", status=IntentStatus.DONE, venue_ref=first.venue_ref)
+
+
+async def test_amounts_are_cut_to_the_venue_precision_before_the_intent(loan: LoanOps, store: Store):
+    done = await loan.add_collateral("L-1-collateral-p", D("0.123456789123"))
+    assert done.amount == D("0.12345678") and LoanIntents(store).get("L-1-collateral-p").amount == D("0.12345678")

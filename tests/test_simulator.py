@@ -160,3 +160,72 @@ async def test_control_api_contract(sim, venues):
     assert replay["points_total"] == 287 * 4 and replay["file"] == CRASH
     assert isinstance(await control(sim, "GET", "/control/orders?venue=bybit"), list)
     assert isinstance(await control(sim, "GET", "/control/calls?venue=bybit"), list)
+
+
+async def test_seeking_a_replay_settles_nothing_it_skipped(sim, venues):
+    await control(sim, "POST", "/control/replay", {"file": CRASH, "speed": 0})
+    await control(sim, "POST", "/control/replay/step", {"points": 1})
+    v = await venues.get("bybit", "desk")
+    await v.place_order(order("s-1", "sell", "0.1", type=OrderType.MARKET))
+    await control(sim, "POST", "/control/replay/seek", {"ts": "2020-03-13T03:00:00Z"})  # jumps over 00:00
+    await control(sim, "POST", "/control/replay/step", {"points": 1})
+    assert sim.funding_settlements == [] and (await v.events_since("BTCUSDT", None)).funding == []
+
+
+async def test_a_liquidation_fills_at_the_bankruptcy_price_so_the_fill_carries_the_whole_loss(sim, venues):
+    v = await venues.get("bybit", "desk")
+    await v.place_order(order("b-1", "sell", "0.1", type=OrderType.MARKET))
+    pos = sim.engines["bybit"].account_by_name("desk").positions["BTCUSDT"]
+    entry, margin = pos.entry, pos.margin
+    sim.market.set_price("BTCUSDT", pos.liquidation_price(D("0.005")) + 1)
+    bust = (await v.events_since("BTCUSDT", None)).fills[-1]
+    assert bust.liquidation and abs((entry - bust.price) * D("0.1") + margin) <= D("0.1") * D("0.1")
+
+
+async def test_resting_reduce_only_orders_shrink_and_go_with_the_position(sim, venues):
+    v = await venues.get("bybit", "desk")
+    await v.place_order(order("r-1", "sell", "0.02", type=OrderType.MARKET))
+    await v.place_order(order("r-2", "buy", "0.02", "59000", reduce_only=True))  # a resting close below the market
+    await v.place_order(order("r-3", "buy", "0.015", type=OrderType.MARKET, reduce_only=True))
+    assert (await v.order_by_client_id("BTCUSDT", "r-2")).qty == D("0.005")
+    await v.place_order(order("r-4", "buy", "0.005", type=OrderType.MARKET, reduce_only=True))
+    assert (await v.order_by_client_id("BTCUSDT", "r-2")).status == OrderStatus.CANCELLED
+
+
+async def test_fill_or_kill_is_all_or_nothing(sim):
+    engine = sim.engines["bybit"]
+    engine.config.depth_levels, engine.config.level_qty = 1, D("0.005")
+    account, _ = engine.create_account("f", "fk", "fs", {"USDT": D("10000")})
+    placed = engine.place(account, symbol="BTCUSDT", side="buy", type="limit", qty=D("0.01"), price=D("60100"),
+                          tif="FOK", reduce_only=False, client_id="fok-1")
+    assert (placed.status.value, placed.filled) == ("expired", D(0))
+
+
+@pytest.mark.parametrize("venue,url_path,code", [
+    ("bybit", "/v5/execution/list?category=linear&symbol=BTCUSDT&startTime={start}&endTime={end}", 10001),
+    ("binanceusdm", "/fapi/v1/userTrades?symbol=BTCUSDT&startTime={start}&endTime={end}", -4166)])
+async def test_fill_queries_are_limited_to_seven_days_as_at_the_venue(sim, venues, venue, url_path, code):
+    import time
+
+    v = await venues.get(venue, "desk")
+    await v.markets()
+    now = int(time.time() * 1000)
+    params = dict(p.split("=") for p in url_path.split("?")[1].format(start=now - 8 * 86_400_000, end=now).split("&"))
+    method = "private_get_v5_execution_list" if venue == "bybit" else "fapiPrivateGetUserTrades"
+    from activities.venue import VenueError
+
+    with pytest.raises(VenueError) as err:
+        await v._call(method, params)
+    assert err.value.code == code
+
+
+@pytest.mark.parametrize("venue", ["bybit", "binanceusdm"])
+async def test_fills_older_than_seven_days_of_cursor_are_still_read_in_windows(sim, venues, venue):
+    import time
+
+    v = await venues.get(venue, "desk")
+    await v.place_order(order("w-1", "sell", "0.01", type=OrderType.MARKET))
+    month_ago = str(int(time.time() * 1000) - 30 * 86_400_000)
+    cursor = month_ago if venue == "bybit" else f"{month_ago},{month_ago}"
+    events = await v.events_since("BTCUSDT", cursor)
+    assert [f.client_order_id for f in events.fills] == ["w-1"]
