@@ -14,7 +14,7 @@ from urllib.parse import parse_qsl
 
 from aiohttp import web
 
-from sim.common import ACCOUNT, PARAMS, VenueContext, hmac_hex, hold, json_response, num, same
+from sim.common import ACCOUNT, PARAMS, VenueContext, hmac_hex, hold, json_response, num, same, seven_day_window
 from sim.engine import Account, Order, Position, Reject, RejectReason, Status
 from sim.market import wall_ms
 
@@ -42,22 +42,8 @@ class BinanceError(Exception):
         self.code, self.message, self.status = code, message, status
 
 
-SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000
-
-
-def seven_days(params: dict[str, str]) -> tuple[int, int]:
-    """Binance's rule for userTrades, income and allOrders: a range of at most 7 days, the last 7 days by
-    default, 7 days from a lone startTime."""
-    start = int(params["startTime"]) if params.get("startTime") else None
-    end = int(params["endTime"]) if params.get("endTime") else None
-    if start is not None and end is not None:
-        if end - start > SEVEN_DAYS_MS:
-            raise BinanceError(-4166, "Search window is restricted to recent 7 days only.")
-        return start, end
-    if start is not None:
-        return start, start + SEVEN_DAYS_MS
-    end = end if end is not None else wall_ms()
-    return end - SEVEN_DAYS_MS, end
+def too_long() -> BinanceError:
+    return BinanceError(-4166, "Search window is restricted to recent 7 days only.")
 
 
 def dec(params: dict[str, str], name: str, *, required: bool = True) -> Decimal | None:
@@ -337,7 +323,7 @@ class BinanceApp:
         if params.get("orderId"):
             orders = [o for o in orders if int(o.order_id) >= int(params["orderId"])]
         else:
-            begin, end = seven_days(params)
+            begin, end = seven_day_window(params, too_long(), wall_ms())
             orders = [o for o in orders if begin <= o.created_ms <= end]
         return json_response([render_order(o) for o in orders][: int(params.get("limit") or 500)])
 
@@ -350,7 +336,7 @@ class BinanceApp:
         elif params.get("fromId"):
             fills = [f for f in fills if f.seq >= int(params["fromId"])]
         else:
-            begin, end = seven_days(params)
+            begin, end = seven_day_window(params, too_long(), wall_ms())
             fills = [f for f in fills if begin <= f.ts_ms <= end]
         fills = fills[: min(int(params.get("limit") or 500), 1000)]
         return json_response([{
@@ -402,7 +388,7 @@ class BinanceApp:
         symbol = self._symbol(params, required=False)
         rows = [i for i in account.incomes if (not symbol or i.symbol == symbol)
                 and (not params.get("incomeType") or i.type == params["incomeType"])]
-        begin, end = seven_days(params)
+        begin, end = seven_day_window(params, too_long(), wall_ms())
         rows = [i for i in rows if begin <= i.ts_ms <= end]
         rows = rows[: min(int(params.get("limit") or 100), 1000)]
         return json_response([{"symbol": i.symbol, "incomeType": i.type, "income": num(i.amount), "asset": i.asset,

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
-from sim.common import ACCOUNT, PARAMS, VenueContext, hmac_hex, hold, json_response, num, same
+from sim.common import ACCOUNT, PARAMS, VenueContext, hmac_hex, hold, json_response, num, same, seven_day_window
 from sim.engine import Account, Fill, Order, Position, Reject, RejectReason, Status
 from sim.market import wall_ms
 
@@ -52,24 +52,6 @@ class BybitError(Exception):
         super().__init__(message)
         self.code = code
         self.message = message
-
-
-SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000
-
-
-def seven_day_window(params: dict[str, Any]) -> tuple[int, int]:
-    """Bybit's rule for execution/list: at most 7 days; without times, the last 7 days; with one of them,
-    the 7 days from (or up to) it."""
-    start = int(params["startTime"]) if params.get("startTime") else None
-    end = int(params["endTime"]) if params.get("endTime") else None
-    if start is not None and end is not None:
-        if end - start > SEVEN_DAYS_MS:
-            raise BybitError(10001, "params error: the time range between startTime and endTime exceeds 7 days")
-        return start, end
-    if start is not None:
-        return start, start + SEVEN_DAYS_MS
-    end = end if end is not None else wall_ms()
-    return end - SEVEN_DAYS_MS, end
 
 
 def envelope(result: Any, code: int = 0, message: str = "OK") -> dict[str, Any]:
@@ -390,7 +372,8 @@ class BybitApp:
             if params.get(key):
                 fills = [f for f in fills if getattr(f, attr) == params[key]]
         if not (params.get("orderId") or params.get("orderLinkId")):  # by order: any age
-            begin, end = seven_day_window(params)
+            begin, end = seven_day_window(params, BybitError(
+                10001, "params error: the time range between startTime and endTime exceeds 7 days"), wall_ms())
             fills = [f for f in fills if begin <= f.ts_ms <= end]
         start = int(params.get("cursor") or 0)
         limit = min(int(params.get("limit") or params.get("size") or 50), 100)

@@ -22,6 +22,24 @@ PARAMS = web.RequestKey("params", dict)
 BODY = web.RequestKey("body", dict)
 
 
+SEVEN_DAYS_MS = 7 * 24 * 3600 * 1000
+
+
+def seven_day_window(params: dict[str, Any], too_long: Exception, now_ms: int) -> tuple[int, int]:
+    """Both venues' rule for fill and income history: a range of at most 7 days (else `too_long` is raised),
+    the last 7 days by default, the 7 days from a lone startTime or up to a lone endTime."""
+    start = int(params["startTime"]) if params.get("startTime") else None
+    end = int(params["endTime"]) if params.get("endTime") else None
+    if start is not None and end is not None:
+        if end - start > SEVEN_DAYS_MS:
+            raise too_long
+        return start, end
+    if start is not None:
+        return start, start + SEVEN_DAYS_MS
+    end = end if end is not None else now_ms
+    return end - SEVEN_DAYS_MS, end
+
+
 def num(value: Decimal | None, places: int | None = None) -> str:
     """A venue number as the venues send them: a plain decimal string, no exponent."""
     if value is None:
