@@ -82,6 +82,26 @@ def ltv_pct(debt: Decimal, collateral_btc: Decimal, last: Decimal, index: Decima
     return debt / (collateral_btc * risk_price(last, index)) * HUNDRED
 
 
+def enrolment_problems(*, collateral_btc: Decimal, debt_usdt: Decimal, last: Decimal, index: Decimal,
+                       bands: Bands) -> list[str]:
+    """Why a loan cannot be enrolled with these figures (empty: it can). Nothing is started or written for a
+    loan that has a problem."""
+    problems = bands.problems()
+    if collateral_btc <= 0:
+        problems.append(f"collateral must be more than 0 BTC (got {collateral_btc})")
+    if debt_usdt <= 0:
+        problems.append(f"the loan must be more than 0 USDT (got {debt_usdt})")
+    if problems:
+        return problems
+    ltv = ltv_pct(debt_usdt, collateral_btc, last, index)
+    if ltv >= bands.liquidation:
+        problems.append(f"LTV {ltv:.2f} % is at or above the venue's liquidation LTV {bands.liquidation} %")
+    elif ltv >= bands.critical:
+        problems.append(f"LTV {ltv:.2f} % is already at or above critical ({bands.critical} %): repay or add "
+                        "collateral before enrolling")
+    return problems
+
+
 def band_for(ltv: Decimal, previous: Band, bands: Bands) -> Band:
     """The band for this LTV. Up at once (from exactly 45.0 it is CAUTION); down only once the LTV is a
     full hysteresis below the band's own threshold, so a price jiggling at 45.0 does not flap."""

@@ -129,3 +129,25 @@ def test_bad_bands_are_described(changes, message):
 
 def test_default_bands_are_valid():
     assert BANDS.problems() == []
+
+
+@pytest.mark.parametrize("collateral,debt,last,index,message", [
+    ("0", "24000", "60000", "60000", "collateral must be more than 0 BTC (got 0)"),
+    ("1", "-5", "60000", "60000", "the loan must be more than 0 USDT (got -5)"),
+    ("1", "30000", "60000", "60000", "LTV 50.00 % is already at or above critical (50 %): repay or add collateral "
+                                     "before enrolling"),
+    ("1", "30000", "60000", "32000", "LTV 93.75 % is at or above the venue's liquidation LTV 91 %"),
+])
+def test_enrolment_refusals_say_why(collateral, debt, last, index, message):
+    from risk.loan import enrolment_problems
+
+    problems = enrolment_problems(collateral_btc=D(collateral), debt_usdt=D(debt), last=D(last), index=D(index),
+                                  bands=BANDS)
+    assert problems == [message]
+
+
+def test_a_healthy_loan_enrols():
+    from risk.loan import enrolment_problems
+
+    assert enrolment_problems(collateral_btc=D("1"), debt_usdt=D("24000"), last=D("60000"), index=D("60000"),
+                              bands=BANDS) == []
