@@ -8,6 +8,7 @@ as the venue's code says; an order the venue refuses is an answer (PlaceOutcome.
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 from temporalio import activity
@@ -40,8 +41,6 @@ SYNC_ATTEMPTS = 4  # an order's fills may show in the venue's trade list a momen
 def as_activity_error(error: VenueError) -> ApplicationError:
     delay = None
     if isinstance(error, VenueRateLimited) and error.retry_after_s:
-        from datetime import timedelta
-
         delay = timedelta(seconds=error.retry_after_s)
     return ApplicationError(str(error), type=type(error).__name__, non_retryable=not error.retryable,
                             next_retry_delay=delay)

@@ -262,9 +262,16 @@ class HedgeWorkflow:
 
     def _venue_failed(self, err: ActivityError) -> None:
         cause = err.cause.message if isinstance(err.cause, ApplicationError) else str(err.cause or err)
-        self.blocked = f"venue call failed: {cause}"
-        self.retry_at = workflow.now() + timedelta(seconds=self.policy.replace_after_s)
+        self._block(f"venue call failed: {cause}")
         self._alert("CRITICAL", "venue", f"hedge {self.ref.hedge_id}: venue call failing", cause)
+
+    def _block(self, reason: str) -> None:
+        """Place nothing for a replace interval, and say why (the state query and the UI show it)."""
+        self.blocked = reason
+        self.retry_at = workflow.now() + timedelta(seconds=self.policy.replace_after_s)
+
+    def _escalate(self) -> None:
+        self.step = min(self.step + 1, len(self.policy.ladder) - 1)  # the last rung is as far as it goes
 
     def _may_place(self) -> bool:
         return self.open_order is None and (not self.paused or self.forced)
@@ -334,7 +341,7 @@ class HedgeWorkflow:
         await self._sync(expect={order.client_order_id: filled} if filled > 0 else {})
         self.open_order = None
         if escalate:
-            self.step = min(self.step + 1, len(self.policy.ladder) - 1)
+            self._escalate()
 
     async def _order_done(self, state: OrderState | None) -> None:
         order = self.open_order
@@ -346,7 +353,7 @@ class HedgeWorkflow:
             self.step = start_step(self.urgency, self._kinds())  # a full fill: the next order starts afresh
         elif (state is not None and state.reject_reason == RejectReason.POST_ONLY_WOULD_CROSS
               and workflow.patched("escalate-late-post-only-cancel")):
-            self.step = min(self.step + 1, len(self.policy.ladder) - 1)  # cancelled for crossing: move on a rung
+            self._escalate()  # cancelled for crossing: move on a rung
             self.wake = True
         elif self.policy.ladder[min(order.step, len(self.policy.ladder) - 1)].kind == StepKind.IOC:
             self.retry_at = workflow.now() + timedelta(seconds=self.policy.fill_check_s)  # let liquidity refill
@@ -371,17 +378,14 @@ class HedgeWorkflow:
         rung = self.policy.ladder[min(self.step, len(self.policy.ladder) - 1)]
         priced = price_order(rung.kind, rung.bps, step.side, Quote(bid=quote.bid, ask=quote.ask, index=quote.index),
                              self.market.tick_size)
-        now = workflow.now()
         if not within_band(priced.price, quote.index, self.policy.price_band_bps):
-            self.blocked = (f"{step.side} at {priced.price} is more than {self.policy.price_band_bps} bps from the "
-                            f"index {quote.index}: not trading")
-            self.retry_at = now + timedelta(seconds=self.policy.replace_after_s)
+            self._block(f"{step.side} at {priced.price} is more than {self.policy.price_band_bps} bps from the "
+                        f"index {quote.index}: not trading")
             self._alert("CRITICAL", "price-band", f"hedge {self.ref.hedge_id}: price outside the sanity band",
                         self.blocked)
             return
         if not step.reduce_only and step.qty * priced.price < self.market.min_notional:
-            self.blocked = f"{step.qty} at {priced.price} is below the venue minimum of {self.market.min_notional}"
-            self.retry_at = now + timedelta(seconds=self.policy.replace_after_s)
+            self._block(f"{step.qty} at {priced.price} is below the venue minimum of {self.market.min_notional}")
             return
         # the sequence moves on only once the venue has answered: a failed attempt's id is tried again, and
         # the venue's lookup-before-place returns the order if the failed attempt did reach it
@@ -414,14 +418,13 @@ class HedgeWorkflow:
 
     async def _refused(self, outcome: PlaceOutcome, cid: str) -> None:
         if outcome.rejected == RejectReason.POST_ONLY_WOULD_CROSS:
-            self.step = min(self.step + 1, len(self.policy.ladder) - 1)  # the market moved through us
+            self._escalate()  # the market moved through us
             self.wake = True
             return
         if outcome.rejected == RejectReason.REDUCE_ONLY:
             await self._sync(reconcile=True)  # the position is not what we thought: look again
             return
-        self.blocked = f"order {cid} refused ({outcome.rejected}): {outcome.message}"
-        self.retry_at = workflow.now() + timedelta(seconds=self.policy.replace_after_s)
+        self._block(f"order {cid} refused ({outcome.rejected}): {outcome.message}")
         self._alert("CRITICAL", "refused", f"hedge {self.ref.hedge_id}: order refused", self.blocked)
 
     async def _sync(self, *, expect: dict[str, Decimal] | None = None, reconcile: bool = False) -> None:
