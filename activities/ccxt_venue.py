@@ -12,7 +12,7 @@ import asyncio
 import json
 import time
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_DOWN, Decimal
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -30,6 +30,7 @@ from activities.venue import (
 )
 from models.settings import Credentials
 from models.venue import (
+    CLIENT_ORDER_ID_RE,
     AccountEvents,
     FundingRate,
     MarketInfo,
@@ -38,6 +39,7 @@ from models.venue import (
     OrderStatus,
     OrderType,
     RejectReason,
+    SpotFill,
     Ticker,
     TimeInForce,
     VenuePosition,
@@ -62,7 +64,17 @@ BYBIT_CODES: dict[int, tuple[type[VenueError], RejectReason | None]] = {
     10001: (OrderRejected, RejectReason.INVALID),
     148009: (OrderRejected, RejectReason.INVALID), 148012: (OrderRejected, RejectReason.INSUFFICIENT_BALANCE),
     148001: (OrderNotFound, None), 148002: (OrderRejected, RejectReason.INVALID),
+    # spot trade
+    170131: (OrderRejected, RejectReason.INSUFFICIENT_BALANCE), 170033: (OrderRejected, RejectReason.INSUFFICIENT_BALANCE),
+    170141: (OrderRejected, RejectReason.DUPLICATE_CLIENT_ORDER_ID), 170213: (OrderNotFound, None),
+    170007: (VenueUnavailable, None), 170146: (VenueUnavailable, None),  # timed out: the order's fate is unknown
+    **{code: (OrderRejected, RejectReason.INVALID) for code in (
+        170105, 170115, 170116, 170117, 170121, 170124, 170130, 170135, 170136, 170137, 170140, 170148, 170151, 170157)},
 }
+SPOT_SYMBOL = "BTCUSDT"
+SPOT_QUOTE_STEP = Decimal("0.01")  # a spot market buy's USDT amount: BTCUSDT's tick, as ccxt's cost_to_precision cuts it
+SPOT_OPEN = ("New", "PartiallyFilled", "Untriggered")
+SPOT_SETTLE_WAITS = (0.2, 0.5, 1.0)  # a market order the venue has not finished yet is read again after these
 BINANCE_CODES: dict[int, tuple[type[VenueError], RejectReason | None]] = {
     -1003: (VenueRateLimited, None), -1021: (VenueClockSkew, None), -1022: (VenueAuthError, None),
     -2014: (VenueAuthError, None), -2015: (VenueAuthError, None), -1000: (VenueUnavailable, None),
@@ -411,6 +423,80 @@ class BybitVenue(CcxtVenue):
         if not rows:
             return None
         return self._order_state(self.ex.parse_order(rows[0], self.ex.market(unified)), symbol)
+
+    # -- spot ---------------------------------------------------------------------------------------
+    async def buy_spot(self, client_order_id: str, usdt: Decimal) -> SpotFill:
+        """Buy BTC spot with `usdt` (cut down to the venue's step) at market, once per client order id: an id the
+        venue already has is returned as it stands, and a timeout or a duplicate answer is resolved by looking
+        the id up, never by sending again. Raises ValueError for a bad id or an amount that cuts to nothing,
+        OrderRejected when the venue refuses (INSUFFICIENT_BALANCE when the USDT is not there)."""
+        if not CLIENT_ORDER_ID_RE.match(client_order_id):
+            raise ValueError(f"client order id {client_order_id!r} must be 1-36 characters of A-Z a-z 0-9 _ -")
+        usdt = Decimal(usdt)
+        amount = usdt.quantize(SPOT_QUOTE_STEP, rounding=ROUND_DOWN) if usdt.is_finite() else Decimal(0)
+        if amount <= 0:
+            raise ValueError(f"spot buy amount must be positive at the venue's step {SPOT_QUOTE_STEP} USDT, got {usdt}")
+        existing = await self._spot_order(client_order_id)
+        if existing is not None:
+            return await self._spot_settled(client_order_id, existing)
+        try:
+            await self._call("private_post_v5_order_create", {
+                "category": "spot", "symbol": SPOT_SYMBOL, "side": "Buy", "orderType": "Market", "qty": str(amount),
+                "marketUnit": "quoteCoin", "orderLinkId": client_order_id}, retries_unavailable=0)
+        except OrderRejected as rej:
+            if rej.reason != RejectReason.DUPLICATE_CLIENT_ORDER_ID:
+                raise OrderRejected(self.name, f"spot buy {client_order_id} of {amount} USDT refused: {rej.detail}",
+                                    reason=rej.reason, code=rej.code) from None
+        except (VenueAuthError, VenueClockSkew, VenueRateLimited):
+            raise  # refused before it reached the venue's matching
+        except VenueError:
+            # timed out, 5xx or an unknown answer: the venue may have filled it, so find out before anyone sends it
+            # again
+            for delay in (0.0, 0.5, 1.5)[:LOOKUP_AFTER_TIMEOUT]:
+                await asyncio.sleep(delay)
+                found = await self._spot_order(client_order_id)
+                if found is not None:
+                    return await self._spot_settled(client_order_id, found)
+            raise
+        placed = await self._spot_order(client_order_id)
+        if placed is None:
+            raise VenueUnavailable(self.name, f"spot order {client_order_id} accepted but not found by its id")
+        return await self._spot_settled(client_order_id, placed)
+
+    async def _spot_order(self, client_order_id: str) -> dict[str, Any] | None:
+        """The venue's spot order row for a client id (open ones first, then history), or None."""
+        params = {"category": "spot", "symbol": SPOT_SYMBOL, "orderLinkId": client_order_id}
+        for method in ("private_get_v5_order_realtime", "private_get_v5_order_history"):
+            rows = ((await self._call(method, dict(params))).get("result") or {}).get("list") or []
+            if rows:
+                return rows[0]
+        return None
+
+    async def _spot_settled(self, client_order_id: str, row: dict[str, Any]) -> SpotFill:
+        """The fill of a spot market order once the venue has finished it (read again while it is working)."""
+        for delay in SPOT_SETTLE_WAITS:
+            if row.get("orderStatus") not in SPOT_OPEN:
+                break
+            await asyncio.sleep(delay)
+            row = await self._spot_order(client_order_id) or row
+        status = row.get("orderStatus")
+        if status in SPOT_OPEN:
+            raise VenueUnavailable(self.name, f"spot order {client_order_id} still {status}")
+        bought = _dec(row.get("cumExecQty")) or Decimal(0)
+        spent = _dec(row.get("cumExecValue")) or Decimal(0)
+        if row.get("side") != "Buy":
+            raise ValueError(f"client order id {client_order_id} is a spot {row.get('side')} order, not a buy")
+        if bought <= 0:
+            raise OrderRejected(self.name, f"spot buy {client_order_id} ended {status} with nothing bought "
+                                           f"({row.get('rejectReason') or 'no reason given'})", reason=RejectReason.INVALID)
+        detail = row.get("cumFeeDetail")
+        if isinstance(detail, dict) and detail:
+            fee_btc = _dec(detail.get("BTC")) or Decimal(0)
+        else:  # no breakdown: Bybit charges a spot buy's fee in the coin bought
+            fee_btc = _dec(row.get("cumExecFee")) or Decimal(0)
+        return SpotFill(order_id=str(row["orderId"]), client_order_id=str(row.get("orderLinkId") or client_order_id),
+                        btc_bought=bought, usdt_spent=spent, fee_btc=fee_btc, btc_received=bought - fee_btc,
+                        avg_price=_dec(row.get("avgPrice")) or spent / bought)
 
     async def events_since(self, symbol: str, cursor: str | None, *, since_ms: int | None = None,
                            until: datetime | None = None) -> AccountEvents:

@@ -153,3 +153,17 @@ class AccountEvents(BaseModel):
     fills: list[VenueFill]
     funding: list[VenueFunding]
     cursor: str | None
+
+
+class SpotFill(BaseModel):
+    """A spot market buy of BTC with USDT, as the venue filled it. The fee is taken from the BTC bought."""
+
+    model_config = ConfigDict(frozen=True)
+
+    order_id: str
+    client_order_id: str
+    btc_bought: Decimal = Field(description="cumExecQty: BTC bought before the fee")
+    usdt_spent: Decimal = Field(description="cumExecValue: USDT paid")
+    fee_btc: Decimal = Field(description="fee charged in BTC (0 if the venue took it in another coin)")
+    btc_received: Decimal = Field(description="btc_bought - fee_btc: what arrived in the account")
+    avg_price: Decimal | None = None

@@ -4,7 +4,14 @@ request signing (HMAC-SHA256 of timestamp + key + recvWindow + query-or-body, wi
 
 Where Bybit and a naive emulator would differ, this follows Bybit: a post-only order that would cross is
 accepted and then cancelled with rejectReason EC_PostOnlyWillTakeLiquidity; errors come back as HTTP 200
-with a non-zero retCode.
+with a non-zero retCode; the public ticker stream pushes at least once a second whether the price moved
+or not.
+
+Spot (category=spot, BTCUSDT): market orders only, filled at once and whole at the touch (buy at the ask,
+sell at the bid) of the same price the perps trade at; a Buy's qty is USDT to spend unless marketUnit is
+baseCoin; taker fee 0.1 % in the coin received. They move the account's coin balances, are kept apart from
+the perp engine (no positions, not in linear orders or executions, no websocket pushes) and are read back
+with order/realtime and order/history. Spot errors carry Bybit's spot retCodes (170xxx).
 """
 
 from __future__ import annotations
@@ -13,7 +20,8 @@ import asyncio
 import itertools
 import json
 import time
-from decimal import Decimal, InvalidOperation
+from dataclasses import dataclass
+from decimal import ROUND_DOWN, Decimal, InvalidOperation
 from typing import Any
 
 from aiohttp import WSMsgType, web
@@ -24,6 +32,7 @@ from sim.market import wall_ms
 
 RECV_WINDOW_DEFAULT = 5000
 CATEGORY = "linear"
+TICKER_INTERVAL_S = 1.0  # public tickers are pushed at least this often, moved or not
 
 REJECT_CODES = {
     RejectReason.DUPLICATE_CLIENT_ID: (110072, "OrderLinkedID is duplicate"),
@@ -40,7 +49,49 @@ ORDER_STATUS = {Status.NEW: "New", Status.PARTIALLY_FILLED: "PartiallyFilled", S
                 Status.CANCELLED: "Cancelled", Status.EXPIRED: "Cancelled", Status.REJECTED: "Rejected"}
 
 
-OTHER_CATEGORIES = ("inverse", "spot", "option")  # real categories this emulator lists nothing in
+OTHER_CATEGORIES = ("inverse", "spot", "option")  # real categories this emulator lists nothing in (spot: where
+# a handler takes it, see _category)
+SPOT = "spot"
+SPOT_TAKER_FEE = Decimal("0.001")
+
+
+@dataclass(frozen=True)
+class SpotInstrument:
+    """Bybit's spot filters (instruments-info category=spot, as listed for BTCUSDT)."""
+
+    symbol: str
+    base: str
+    quote: str
+    tick: Decimal  # priceFilter.tickSize; a market order's quote amount is on this step too
+    base_precision: Decimal
+    quote_precision: Decimal
+    min_qty: Decimal
+    max_qty: Decimal
+    min_amount: Decimal
+    max_amount: Decimal
+
+
+SPOT_INSTRUMENTS = {"BTCUSDT": SpotInstrument("BTCUSDT", "BTC", "USDT", Decimal("0.01"), Decimal("0.000001"),
+                                              Decimal("0.00000001"), Decimal("0.000048"), Decimal("71.73956243"),
+                                              Decimal("1"), Decimal("2000000"))}
+
+
+@dataclass
+class SpotOrder:
+    """A spot market order, filled when placed."""
+
+    order_id: str
+    client_id: str
+    symbol: str
+    side: str  # Buy | Sell
+    qty: Decimal  # as sent: quote coin or base coin, per market_unit
+    market_unit: str  # quoteCoin | baseCoin
+    price: Decimal
+    exec_qty: Decimal  # base coin
+    exec_value: Decimal  # quote coin
+    fee: Decimal
+    fee_coin: str
+    created_ms: int
 
 
 class EmptyCategory(Exception):
@@ -96,6 +147,21 @@ def render_order(order: Order) -> dict[str, Any]:
     }
 
 
+def render_spot_order(order: SpotOrder) -> dict[str, Any]:
+    return {
+        "orderId": order.order_id, "orderLinkId": order.client_id, "blockTradeId": "", "symbol": order.symbol,
+        "price": "0", "qty": num(order.qty), "side": order.side, "isLeverage": "0", "positionIdx": 0,
+        "orderStatus": "Filled", "createType": "CreateByUser", "cancelType": "UNKNOWN", "rejectReason": "EC_NoError",
+        "avgPrice": num(order.price), "leavesQty": "0", "leavesValue": "0", "cumExecQty": num(order.exec_qty),
+        "cumExecValue": num(order.exec_value), "cumExecFee": num(order.fee), "cumFeeDetail": {order.fee_coin: num(order.fee)},
+        "timeInForce": "IOC", "orderType": "Market", "stopOrderType": "", "orderIv": "", "marketUnit": order.market_unit,
+        "triggerPrice": "0", "takeProfit": "0", "stopLoss": "0", "tpTriggerBy": "", "slTriggerBy": "",
+        "triggerDirection": 0, "triggerBy": "", "lastPriceOnCreated": "", "reduceOnly": False, "closeOnTrigger": False,
+        "smpType": "None", "smpGroup": 0, "smpOrderId": "", "placeType": "", "createdTime": str(order.created_ms),
+        "updatedTime": str(order.created_ms),
+    }
+
+
 def render_execution(fill: Fill, order: Order | None) -> dict[str, Any]:
     return {
         "symbol": fill.symbol, "orderId": fill.order_id, "orderLinkId": fill.client_id,
@@ -141,6 +207,9 @@ class BybitApp:
         self._private: dict[web.WebSocketResponse, tuple[Account, set[str], asyncio.Queue]] = {}
         self._conn_ids = itertools.count(1)
         self.connections_opened = 0
+        self.ticker_interval_s = TICKER_INTERVAL_S
+        self.spot_orders: dict[str, list[SpotOrder]] = {}  # by account name, oldest first
+        self._spot_ids = itertools.count(1)
         ctx.market.subscribe(self._on_price)
         ctx.engine.subscribe(self._on_engine)
 
@@ -243,12 +312,17 @@ class BybitApp:
             raise BybitError(10004, "error sign! origin_string[...]")
         return account
 
-    def _category(self, params: dict[str, Any], *, required: bool = True) -> None:
+    def _category(self, params: dict[str, Any], *, required: bool = True, spot: bool = False) -> str:
+        """The request's category: linear, or spot where the handler takes it (`spot`); other real categories
+        answer an empty list."""
         category = params.get("category")
+        if spot and category == SPOT:
+            return SPOT
         if category in OTHER_CATEGORIES:
             raise EmptyCategory(category)
         if category != CATEGORY and (required or category):
             raise BybitError(10001, f"params error: category {category!r} invalid")
+        return CATEGORY
 
     # -- market ---------------------------------------------------------------------------------
     async def market_time(self, request: web.Request) -> web.Response:
@@ -257,7 +331,16 @@ class BybitApp:
 
     async def instruments_info(self, request: web.Request) -> web.Response:
         params = request[PARAMS]
-        self._category(params)
+        if self._category(params, spot=True) == SPOT:
+            rows = [{"symbol": i.symbol, "baseCoin": i.base, "quoteCoin": i.quote, "innovation": "0", "status": "Trading",
+                     "marginTrading": "utaOnly", "stTag": "0",
+                     "lotSizeFilter": {"basePrecision": num(i.base_precision), "quotePrecision": num(i.quote_precision),
+                                       "minOrderQty": num(i.min_qty), "maxOrderQty": num(i.max_qty),
+                                       "minOrderAmt": num(i.min_amount), "maxOrderAmt": num(i.max_amount)},
+                     "priceFilter": {"tickSize": num(i.tick)},
+                     "riskParameters": {"priceLimitRatioX": "0.05", "priceLimitRatioY": "0.05"}}
+                    for i in SPOT_INSTRUMENTS.values() if not params.get("symbol") or params["symbol"] == i.symbol]
+            return json_response(envelope({"category": SPOT, "list": rows, "nextPageCursor": ""}))
         rows = []
         if params.get("status") not in ("PreLaunch", "Delivering", "Closed"):
             for inst in self.ctx.engine.instruments.values():
@@ -298,9 +381,21 @@ class BybitApp:
         epoch_h = int(now.timestamp() // 3600)
         return ((epoch_h // 8) + 1) * 8 * 3600 * 1000
 
+    def spot_ticker_row(self, symbol: str) -> dict[str, Any]:
+        last = self.ctx.market.quote(symbol).last
+        bid, ask = self.ctx.engine.touch(symbol)
+        size = num(self.ctx.engine.config.level_qty)
+        return {"symbol": symbol, "bid1Price": num(bid), "bid1Size": size, "ask1Price": num(ask), "ask1Size": size,
+                "lastPrice": num(last), "prevPrice24h": num(last), "price24hPcnt": "0", "highPrice24h": num(last),
+                "lowPrice24h": num(last), "turnover24h": "0", "volume24h": "0", "usdIndexPrice": num(last)}
+
     async def tickers(self, request: web.Request) -> web.Response:
         params = request[PARAMS]
-        self._category(params)
+        if self._category(params, spot=True) == SPOT:
+            symbols = [params["symbol"]] if params.get("symbol") else list(SPOT_INSTRUMENTS)
+            if any(s not in SPOT_INSTRUMENTS for s in symbols):
+                raise BybitError(10001, "params error: symbol invalid")
+            return json_response(envelope({"category": SPOT, "list": [self.spot_ticker_row(s) for s in symbols]}))
         symbols = [params["symbol"]] if params.get("symbol") else list(self.ctx.engine.instruments)
         if any(s not in self.ctx.engine.instruments for s in symbols):
             raise BybitError(10001, "params error: symbol invalid")
@@ -309,7 +404,9 @@ class BybitApp:
     # -- orders ---------------------------------------------------------------------------------
     async def order_create(self, request: web.Request) -> web.Response:
         params, account = request[PARAMS], request[ACCOUNT]
-        self._category(params)
+        if self._category(params, spot=True) == SPOT:
+            order = self._spot_place(account, params)
+            return json_response(envelope({"orderId": order.order_id, "orderLinkId": order.client_id}))
         side = str(params.get("side", ""))
         order_type = str(params.get("orderType", ""))
         if side not in ("Buy", "Sell") or order_type not in ("Limit", "Market"):
@@ -338,17 +435,94 @@ class BybitApp:
         symbol = params.get("symbol")
         return [o for o in orders if not symbol or o.symbol == symbol][: int(params.get("limit") or 50)]
 
+    def _spot_place(self, account: Account, params: dict[str, Any]) -> SpotOrder:
+        inst = SPOT_INSTRUMENTS.get(str(params.get("symbol") or ""))
+        if inst is None:
+            raise BybitError(170121, "Invalid symbol.")
+        side = str(params.get("side") or "")
+        if side not in ("Buy", "Sell"):
+            raise BybitError(170117, "Invalid side.")
+        if params.get("orderType") != "Market":
+            raise BybitError(170116, "Invalid orderType.")  # this emulator trades spot at market only
+        link_id = str(params.get("orderLinkId") or "")
+        if not link_id:
+            raise BybitError(10001, "params error: orderLinkId is required by this emulator (idempotency)")
+        if len(link_id) > 36:
+            raise BybitError(10001, "params error: orderLinkId longer than 36 characters")
+        unit = str(params.get("marketUnit") or ("quoteCoin" if side == "Buy" else "baseCoin"))
+        if unit not in ("quoteCoin", "baseCoin"):
+            raise BybitError(170130, "Data sent for paramter 'marketUnit' is not valid.")
+        qty = dec(params, "qty")
+        if not qty.is_finite() or qty <= 0:
+            raise BybitError(170130, "Data sent for paramter 'qty' is not valid.")
+        orders = self.spot_orders.setdefault(account.name, [])
+        if any(o.client_id == link_id for o in orders):
+            raise BybitError(170141, "Duplicate clientOrderId.")
+        bid, ask = self.ctx.engine.touch(inst.symbol)
+        price = ask if side == "Buy" else bid
+        if unit == "quoteCoin":
+            if qty % inst.tick:
+                raise BybitError(170148, "Market order amount decimal too long.")
+            base = (qty / price).quantize(inst.base_precision, rounding=ROUND_DOWN)
+        else:
+            if qty % inst.base_precision:
+                raise BybitError(170137, "Order volume decimal too long.")
+            base = qty
+        value = base * price
+        if base < inst.min_qty:
+            raise BybitError(170136, "Order quantity lower than the minimum.")
+        if base > inst.max_qty:
+            raise BybitError(170135, "Order quantity too large.")
+        if value < inst.min_amount:
+            raise BybitError(170140, "Order value exceeded lower limit.")
+        if value > inst.max_amount:
+            raise BybitError(170124, "Order amount too large.")
+        balances = account.balances
+        if side == "Buy":
+            # USDT free of perp margin and resting orders pays; a quote-amount order must be covered in full
+            if (qty if unit == "quoteCoin" else value) > account.available():
+                raise BybitError(170131, "Insufficient balance.")
+            fee, fee_coin = base * SPOT_TAKER_FEE, inst.base
+            balances[inst.quote] = balances.get(inst.quote, Decimal(0)) - value
+            balances[inst.base] = balances.get(inst.base, Decimal(0)) + base - fee
+        else:
+            if base > balances.get(inst.base, Decimal(0)):
+                raise BybitError(170131, "Insufficient balance.")
+            fee, fee_coin = value * SPOT_TAKER_FEE, inst.quote
+            balances[inst.base] -= base
+            balances[inst.quote] = balances.get(inst.quote, Decimal(0)) + value - fee
+        order = SpotOrder(order_id=str(2_000_000_000_000_000_000 + next(self._spot_ids)), client_id=link_id,
+                          symbol=inst.symbol, side=side, qty=qty, market_unit=unit, price=price, exec_qty=base,
+                          exec_value=value, fee=fee, fee_coin=fee_coin, created_ms=wall_ms())
+        orders.append(order)
+        return order
+
+    def _spot_rows(self, account: Account, params: dict[str, Any], *, open_only: bool) -> list[dict[str, Any]]:
+        orders = list(reversed(self.spot_orders.get(account.name, [])))
+        if params.get("orderId"):
+            orders = [o for o in orders if o.order_id == str(params["orderId"])]
+        elif params.get("orderLinkId"):
+            orders = [o for o in orders if o.client_id == params["orderLinkId"]]
+        elif open_only:
+            orders = []  # spot market orders are filled when placed: none is ever open
+        symbol = params.get("symbol")
+        return [render_spot_order(o) for o in orders if not symbol or o.symbol == symbol][: int(params.get("limit") or 50)]
+
     async def order_realtime(self, request: web.Request) -> web.Response:
         params = request[PARAMS]
-        self._category(params)
         open_only = str(params.get("openOnly", "0")) == "0"
+        if self._category(params, spot=True) == SPOT:
+            return json_response(envelope({"category": SPOT, "nextPageCursor": "",
+                                           "list": self._spot_rows(request[ACCOUNT], params, open_only=open_only)}))
         orders = self._orders(request[ACCOUNT], params, open_only=open_only)
         return json_response(envelope({"category": CATEGORY, "list": [render_order(o) for o in orders],
                                        "nextPageCursor": ""}))
 
     async def order_history(self, request: web.Request) -> web.Response:
         params = request[PARAMS]
-        self._category(params)
+        if self._category(params, spot=True) == SPOT:
+            return json_response(envelope({"category": SPOT, "nextPageCursor": "",
+                                           "list": self._spot_rows(request[ACCOUNT], params, open_only=False)}))
         orders = self._orders(request[ACCOUNT], params, open_only=False)
         return json_response(envelope({"category": CATEGORY, "list": [render_order(o) for o in orders],
                                        "nextPageCursor": ""}))
@@ -514,7 +688,7 @@ class BybitApp:
             asyncio.ensure_future(ws.close(code=1006, message=b"dropped by fault injection"))
         return len(victims)
 
-    async def _serve_ws(self, request: web.Request, on_message) -> web.WebSocketResponse:
+    async def _serve_ws(self, request: web.Request, on_message, *, public: bool = False) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(heartbeat=None)
         await ws.prepare(request)
         drops = self.ctx.faults.take_ws_drops("bybit")
@@ -526,9 +700,21 @@ class BybitApp:
         async def sender() -> None:
             while True:
                 message = await queue.get()
+                if ws.closed:
+                    return
                 await ws.send_str(message)
 
-        task = asyncio.create_task(sender())
+        async def ticker_pusher() -> None:
+            """Bybit keeps pushing tickers while the price stands still: so does this, per connection."""
+            while True:
+                await asyncio.sleep(self.ticker_interval_s)
+                topics = self._public.get(ws, (set(), queue))[0]
+                for symbol in sorted(topics):
+                    self._push_ticker(queue, symbol)
+
+        tasks = [asyncio.create_task(sender())]
+        if public:
+            tasks.append(asyncio.create_task(ticker_pusher()))
         try:
             if drops:
                 await ws.close(code=1006, message=b"dropped by fault injection")
@@ -550,10 +736,12 @@ class BybitApp:
                         reply.update(conn_id=conn_id, req_id=req_id, op=op)
                         queue.put_nowait(json.dumps(reply))
         finally:
-            task.cancel()
             self.sockets.discard(ws)
             self._public.pop(ws, None)
             self._private.pop(ws, None)
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
         return ws
 
     async def ws_public(self, request: web.Request) -> web.WebSocketResponse:
@@ -569,10 +757,10 @@ class BybitApp:
             queue.put_nowait(json.dumps({"success": True, "ret_msg": "", "op": "subscribe",
                                          "conn_id": "", "req_id": data.get("req_id")}))
             for symbol in topics:
-                queue.put_nowait(self._ticker_message(symbol))
+                self._push_ticker(queue, symbol)
             return None
 
-        return await self._serve_ws(request, on_message)
+        return await self._serve_ws(request, on_message, public=True)
 
     async def ws_private(self, request: web.Request) -> web.WebSocketResponse:
         state: dict[str, Account] = {}
@@ -610,12 +798,17 @@ class BybitApp:
         return json.dumps({"topic": f"tickers.{symbol}", "type": "snapshot", "data": self.ticker_row(symbol),
                            "cs": wall_ms(), "ts": wall_ms()})
 
+    def _push_ticker(self, queue: asyncio.Queue, symbol: str) -> None:
+        if not self.ctx.faults.silenced("bybit"):
+            queue.put_nowait(self._ticker_message(symbol))
+
     def _on_price(self, symbol: str, _quote) -> None:
         if symbol not in self.ctx.engine.instruments:
             return
         message = None
+        silenced = self.ctx.faults.silenced("bybit")
         for topics, queue in self._public.values():
-            if symbol in topics:
+            if symbol in topics and not silenced:
                 message = message or self._ticker_message(symbol)
                 queue.put_nowait(message)
         for account, topics, queue in self._private.values():

@@ -9,6 +9,8 @@
     DELETE /control/replay              back to a static price and the wall clock
     POST /control/fault                 {"venue":"bybit","kind":"http500|rate_limit|timeout_after_accept|reject|
                                          ws_drop|latency","count":3[,"path":"order/create","hold_s":3,"ms":200]}
+                                        {"venue":"bybit","kind":"ws_silence","seconds":5}   public websocket pushes
+                                         stop for that long, sockets stay open (a stale feed)
     GET|DELETE /control/faults          pending faults / clear them
     GET  /control/orders?venue=bybit[&account=]   every order ever received
     GET  /control/fills?venue=&account=           every execution (trades, funding, liquidations)
@@ -147,7 +149,7 @@ class ControlApp:
         return json_response({
             "market_time": self.sim.market_time().isoformat(), "prices": prices,
             "replay": self.sim.replay.status() if self.sim.replay else None, "urls": self.sim.urls,
-            "seed": self.sim.seed, "faults": [f.public() for f in self.sim.faults.pending],
+            "seed": self.sim.seed, "faults": [f.public() for f in self.sim.faults.active()],
             "config": {v: e.config.public() for v, e in self.sim.engines.items()},
             "liquidation_ltv": num(self.sim.loans.liquidation_ltv),
             "accounts": {v: len(e.accounts) for v, e in self.sim.engines.items()}})
@@ -207,6 +209,8 @@ class ControlApp:
         kind = body.pop("kind", None)
         if kind not in KINDS:
             raise ControlError(f"kind must be one of {', '.join(KINDS)}")
+        if kind == "ws_silence" and venue != "bybit":
+            raise ControlError("ws_silence applies to bybit, the emulator with websockets")
         count = int(body.pop("count", 1))
         path, method = body.pop("path", None), body.pop("method", None)
         fault = self.sim.faults.add(venue, kind, count, path, method, **body)
@@ -217,7 +221,7 @@ class ControlApp:
         return json_response({**fault.public(), "dropped_now": dropped})
 
     async def faults(self, request: web.Request) -> web.Response:
-        return json_response([f.public() for f in self.sim.faults.pending])
+        return json_response([f.public() for f in self.sim.faults.active()])
 
     async def faults_clear(self, request: web.Request) -> web.Response:
         self.sim.faults.clear()

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-KINDS = ("http500", "rate_limit", "timeout_after_accept", "reject", "ws_drop", "latency")
+KINDS = ("http500", "rate_limit", "timeout_after_accept", "reject", "ws_drop", "latency", "ws_silence")
+# Faults that act on websockets, never on a REST request. ws_silence lasts `seconds` (not a count): the public
+# streams push nothing while the sockets stay open, as a stalled feed looks to a client.
+WS_KINDS = ("ws_drop", "ws_silence")
 # Faults that only make sense on order entry default to it; the rest hit every private call.
 ORDER_ENTRY_ONLY = ("timeout_after_accept", "reject")
 
@@ -19,10 +24,14 @@ class Fault:
     path: str | None = None  # substring of the request path; None: the kind's default scope
     method: str | None = None  # only requests with this HTTP method
     params: dict[str, Any] = field(default_factory=dict)
+    until: float | None = None  # ws_silence: when it ends (time.monotonic())
 
     def public(self) -> dict[str, Any]:
-        return {"venue": self.venue, "kind": self.kind, "remaining": self.count, "path": self.path,
+        view = {"venue": self.venue, "kind": self.kind, "remaining": self.count, "path": self.path,
                 "method": self.method, **self.params}
+        if self.until is not None:
+            view["remaining_s"] = round(max(0.0, self.until - time.monotonic()), 3)
+        return view
 
 
 class Faults:
@@ -35,15 +44,35 @@ class Faults:
             raise ValueError(f"unknown fault kind {kind!r}; one of {', '.join(KINDS)}")
         if count < 1:
             raise ValueError("count must be at least 1")
+        until = None
+        if kind == "ws_silence":
+            try:
+                seconds = float(params.get("seconds"))
+            except (TypeError, ValueError):
+                seconds = math.nan
+            if not 0 < seconds < math.inf:
+                raise ValueError("ws_silence needs seconds, a positive number")
+            params["seconds"] = seconds
+            until = time.monotonic() + seconds
         fault = Fault(venue=venue, kind=kind, count=count, path=path, method=method.upper() if method else None,
-                      params=params)
+                      params=params, until=until)
         self.pending.append(fault)
         return fault
+
+    def active(self) -> list[Fault]:
+        """The pending faults, without silences that have run out."""
+        now = time.monotonic()
+        self.pending = [f for f in self.pending if f.until is None or f.until > now]
+        return list(self.pending)
+
+    def silenced(self, venue: str) -> bool:
+        """Whether a ws_silence holds the venue's public pushes back right now."""
+        return any(f.venue == venue and f.kind == "ws_silence" for f in self.active())
 
     def take(self, venue: str, path: str, *, method: str, order_entry: bool, private: bool) -> Fault | None:
         """The next fault that applies to this request, consuming one of its count."""
         for fault in self.pending:
-            if fault.venue != venue or fault.kind == "ws_drop" or (fault.method and fault.method != method):
+            if fault.venue != venue or fault.kind in WS_KINDS or (fault.method and fault.method != method):
                 continue
             if fault.path is not None:
                 applies = fault.path in path
