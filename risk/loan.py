@@ -178,18 +178,21 @@ def collateral_to_reach(debt: Decimal, collateral_btc: Decimal, price: Decimal, 
 
 
 def realisation_due(unrealised_usdt: Decimal, ltv: Decimal, debt: Decimal, collateral_btc: Decimal, price: Decimal,
-                    bands: Bands, *, minimum_usdt: Decimal = Decimal("10")) -> Decimal:
+                    bands: Bands, *, minimum_usdt: Decimal = Decimal("10"), always_repay: bool = False) -> Decimal:
     """Hedge profit to realise now (USDT), so it can work for the loan instead of sitting unrealised.
 
     From the caution band up, realise as much unrealised profit as it takes to bring the LTV back to the
-    target once it is used as collateral (plus the fee buffer) - all of it if that is not enough. Below
+    target once the treasury uses it (as collateral, or as repayment under `always_repay`; plus the fee
+    buffer) - all of it if that is not enough. Below
     caution nothing is realised: the profit keeps protecting the loan as part of the hedge. The hedge
     workflow then re-hedges to the same target, so the position is unchanged; the cost is the fees of
     the round trip.
     """
-    if unrealised_usdt <= 0 or ltv < bands.caution:
-        return ZERO
-    needed = collateral_to_reach(debt, collateral_btc, price, bands.target) * price / (1 - FEE_BUFFER)
+    if unrealised_usdt <= 0 or ltv <= bands.caution:  # allocate adds collateral only above caution, so neither
+        return ZERO                                    # realises profit only to park it at exactly 45.0
+    to_target = (repay_to_reach(debt, collateral_btc, price, bands.target) if always_repay
+                 else collateral_to_reach(debt, collateral_btc, price, bands.target) * price)
+    needed = to_target / (1 - FEE_BUFFER)
     amount = min(unrealised_usdt, needed)
     return amount if amount >= minimum_usdt else ZERO
 

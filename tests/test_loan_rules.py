@@ -103,6 +103,11 @@ def test_realisation_takes_what_brings_the_loan_back_to_target_and_no_more():
     assert realisation_due(D("3000"), D("48"), D("24000"), D("1"), D("50000"), BANDS) == D("3000")  # all there is
     assert realisation_due(D("3000"), D("44"), D("22000"), D("1"), D("50000"), BANDS) == 0  # below caution
     assert realisation_due(D("5"), D("48"), D("24000"), D("1"), D("50000"), BANDS) == 0  # not worth the fees
+    # exactly at caution the treasury would only park the profit as reserve: nothing is realised there
+    assert realisation_due(D("3000"), D("45"), D("22500"), D("1"), D("50000"), BANDS) == 0
+    # repaying needs less than buying collateral for the same LTV (1 / 0.40 times less)
+    repay_need = realisation_due(D("50000"), D("48"), D("24000"), D("1"), D("50000"), BANDS, always_repay=True)
+    assert repay_need == (D("24000") - D("0.40") * D("50000")) / D("0.95")
 
 
 def test_hedge_margin_health():
