@@ -5,6 +5,8 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# make run SCENARIO=none: a static price and nothing enrolled
+SCENARIO ?= crash-2020
 
 .PHONY: run test lint fmt lock venv clean-state
 
@@ -19,7 +21,7 @@ venv: $(STAMP)
 
 ## Run hedgeguard: Temporal dev server (UI on :8233), the worker, and what later issues add. Ctrl-C stops all.
 run: $(STAMP)
-	$(PY) scripts/devstack.py
+	$(PY) scripts/devstack.py --scenario $(SCENARIO)
 
 ## The whole test suite, offline (lint first: a lint error fails it too).
 test: $(STAMP)

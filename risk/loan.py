@@ -41,6 +41,10 @@ class Bands:
     hysteresis: Decimal = Decimal("1")
     liquidation: Decimal = Decimal("91")
     repay_below: Decimal = Decimal("35")
+    # CAUTION drops to SAFE (and the hedge comes off) only below this: once hedged, the hedge stays until the
+    # loan is back near its target. With only a point of hysteresis at caution, a crash's intrabar swings
+    # closed and reopened the whole hedge every few minutes at a loss (bench/loan_backtest.py, README).
+    safe_below: Decimal = Decimal("41")
     multipliers: dict[Band, Decimal] = field(default_factory=_default_multipliers)
 
     def threshold(self, band: Band) -> Decimal:
@@ -59,6 +63,9 @@ class Bands:
         if not 0 <= self.hysteresis < min(self.caution - self.target, self.danger - self.caution,
                                           self.critical - self.danger, Decimal(5)):
             out.append(f"hysteresis ({self.hysteresis}) must be at least 0 and smaller than the gap between bands")
+        if not self.target < self.safe_below <= self.caution - self.hysteresis:
+            out.append(f"safe_below ({self.safe_below}) must be above target ({self.target}) and at most caution minus "
+                       f"hysteresis ({self.caution - self.hysteresis})")
         if not 0 < self.repay_below < self.caution:
             out.append(f"repay_below ({self.repay_below}) must be above 0 and below caution ({self.caution})")
         for band in Band:
@@ -104,7 +111,8 @@ def enrolment_problems(*, collateral_btc: Decimal, debt_usdt: Decimal, last: Dec
 
 def band_for(ltv: Decimal, previous: Band, bands: Bands) -> Band:
     """The band for this LTV. Up at once (from exactly 45.0 it is CAUTION); down only once the LTV is a
-    full hysteresis below the band's own threshold, so a price jiggling at 45.0 does not flap."""
+    full hysteresis below the band's own threshold, so a price jiggling at 45.0 does not flap; and out of
+    CAUTION only below `safe_below`."""
     raw = Band.SAFE
     for band in (Band.CAUTION, Band.DANGER, Band.CRITICAL):
         if ltv >= bands.threshold(band):
@@ -112,9 +120,15 @@ def band_for(ltv: Decimal, previous: Band, bands: Bands) -> Band:
     if raw >= previous:
         return raw
     band = previous
-    while band > raw and ltv < bands.threshold(band) - bands.hysteresis:
+    while band > raw and ltv < _release(band, bands):
         band = Band(band - 1)
     return band
+
+
+def _release(band: Band, bands: Bands) -> Decimal:
+    """The LTV under which `band` steps down one band."""
+    release = bands.threshold(band) - bands.hysteresis
+    return min(release, bands.safe_below) if band == Band.CAUTION else release
 
 
 def hedge_target_btc(collateral_btc: Decimal, band: Band, bands: Bands) -> Decimal:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import ctypes
+import json
 import os
 import signal
 import socket
@@ -18,6 +19,7 @@ import sys
 import time
 import urllib.request
 from dataclasses import dataclass
+from decimal import Decimal
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -28,6 +30,9 @@ from models.settings import SettingsError, load_settings  # noqa: E402
 
 BIN = Path(sys.executable).parent
 PR_SET_PDEATHSIG = 1
+# real 1-minute bars from ../shared/data, played at a pace a person can watch (287 minutes in about 19)
+SCENARIOS = {"none": None, "crash-2020": ("btcusdt_binance_perp_1m_2020-03-12_crash.csv", 15.0)}
+SAMPLE_LOAN = ("L-1", "borrower", "1")  # loan id, paper account, collateral BTC
 
 
 def _die_with_parent() -> None:
@@ -119,6 +124,35 @@ def log_has(path: Path, needle: str, offset: int) -> bool:
         return needle.encode() in fh.read()
 
 
+def _control(control: str, path: str, body: dict | None = None) -> dict:
+    data = json.dumps(body).encode() if body is not None else None
+    request = urllib.request.Request(f"{control}{path}", data=data, method="POST" if data else "GET",  # noqa: S310
+                                     headers={"Content-Type": "application/json"})
+    with urllib.request.urlopen(request, timeout=10) as resp:  # noqa: S310 (loopback http only)
+        return json.loads(resp.read())
+
+
+def start_scenario(name: str, control: str, env: dict[str, str], ui: str, namespace: str) -> str:
+    """Enrol the sample loan at 40 % LTV at the replay's first price, then let the replay run."""
+    file, speed = SCENARIOS[name]
+    loan_id, account, collateral = SAMPLE_LOAN
+    _control(control, "/control/replay/step", {"points": 1})
+    price = Decimal(str(_control(control, "/control/state")["prices"]["BTCUSDT"]["last"]))
+    debt = (Decimal(collateral) * price * Decimal("0.40")).quantize(Decimal("0.01"))
+    enrol = subprocess.run([sys.executable, "starter.py", "loan", "enrol", "--loan-id", loan_id, "--account", account,
+                            "--collateral-btc", collateral, "--loan-usdt", str(debt)], cwd=ROOT, env=env,
+                           capture_output=True, text=True, timeout=120)
+    if enrol.returncode != 0:
+        raise RuntimeError(f"enrolling the sample loan failed: {enrol.stderr.strip() or enrol.stdout.strip()}")
+    _control(control, "/control/replay/speed", {"speed": speed})
+    return f"""
+Scenario {name}: {file} (real Binance 1-minute bars) replaying at {speed:g}x from {price} USDT.
+  sample loan       {loan_id}: {collateral} BTC collateral, {debt} USDT borrowed (40 % LTV) on paper Bybit {account!r}
+  watch it          .venv/bin/python starter.py loan status {loan_id}
+                    {ui}/namespaces/{namespace}/workflows/loan-{loan_id}
+  the crash         first band crossing about 4 minutes in; the low (3,622) about 15 minutes in"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--temporal-port", type=int, default=7233)
@@ -126,7 +160,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=9464)
     parser.add_argument("--sim-ports", type=int, nargs=3, default=[18080, 18081, 18082],
                         metavar=("CONTROL", "BYBIT", "BINANCEUSDM"), help="the simulator's ports (paper mode)")
+    parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="none",
+                        help="crash-2020: replay the real March 2020 crash and enrol a sample loan at 40 %% LTV; "
+                             "none: a static price and nothing enrolled (default; `make run` passes crash-2020)")
     args = parser.parse_args(argv)
+    if args.scenario != "none" and load_settings().mode != "paper":
+        print("make run: scenarios replay the simulated venues; use SCENARIO=none in live mode", file=sys.stderr)
+        return 2
     started = time.monotonic()
     try:
         settings = load_settings()
@@ -175,9 +215,11 @@ def main(argv: list[str] | None = None) -> int:
         if paper:
             sim_log = logs / "sim.log"
             sim_offset = sim_log.stat().st_size if sim_log.exists() else 0
+            scenario = SCENARIOS[args.scenario]
+            replay = ["--replay", scenario[0], "--speed", "0"] if scenario else []  # held still until the loan is in
             sim = stack.start("sim", [sys.executable, "-m", "sim", "--control-port", str(args.sim_ports[0]),
                                       "--bybit-port", str(args.sim_ports[1]),
-                                      "--binanceusdm-port", str(args.sim_ports[2])], env)
+                                      "--binanceusdm-port", str(args.sim_ports[2]), *replay], env)
             wait_until(lambda: log_has(sim.log, "binanceusdm http://", sim_offset), "waiting for the simulator",
                        sim, 30)
             print(f"  sim        up: paper Bybit {bybit}, Binance USD-M {binance}, control {control}/control/state"
@@ -189,8 +231,11 @@ def main(argv: list[str] | None = None) -> int:
                    worker, 60)
         print(f"  worker     up: task queue {settings.task_queue!r}, metrics "
               f"http://127.0.0.1:{args.metrics_port}/metrics  (pid {worker.proc.pid})", flush=True)
+        watch = ""
+        if paper and SCENARIOS[args.scenario]:
+            watch = start_scenario(args.scenario, control, env, ui, settings.temporal_namespace)
         print(f"""
-hedgeguard is running ({time.monotonic() - started:.1f} s to start).
+hedgeguard is running ({time.monotonic() - started:.1f} s to start).{watch}
   Temporal Web UI   {ui}
   store             {settings.public_view()['database_url']}
   logs              {logs}/{{temporal,sim,worker}}.log

@@ -1,0 +1,111 @@
+"""The per-symbol price feed: one websocket ticker stream, many loans. A loan is signalled only when its
+band changes, its LTV moves more than its step, or its keep-alive interval passes, so a busy market does
+not flood loan histories.
+
+The feed reads its subscriptions from its own workflow (a query, once a second), so a loan whose debt or
+collateral changed is valued with the new figures without restarting the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from decimal import Decimal
+
+from ccxt.base.errors import NetworkError
+from temporalio import activity
+from temporalio.service import RPCError
+
+from activities.venues import VenuePool
+from models.loan_guard import FeedSubscription, FeedSubscriptions, FeedWatch, PriceTick, loan_workflow_id
+from risk.loan import Band, band_for, ltv_pct
+
+REFRESH_S = 1.0
+
+
+@dataclass
+class Sent:
+    band: Band
+    ltv: Decimal
+    at: float
+
+
+def wake_due(sub: FeedSubscription, tick: PriceTick, sent: Sent | None, now: float) -> tuple[bool, Band, Decimal]:
+    """Whether this tick is worth a signal to the loan, and the band and LTV it puts the loan in."""
+    ltv = ltv_pct(sub.debt, sub.collateral_btc, tick.last, tick.index)
+    band = band_for(ltv, Band(sub.band), sub.bands.bands())
+    due = (sent is None or band != sent.band or abs(ltv - sent.ltv) >= sub.ltv_step_pct
+           or now - sent.at >= sub.keepalive_s)
+    return due, band, ltv
+
+
+def _tick(ticker: dict) -> PriceTick:
+    info = ticker.get("info") or {}
+    last = Decimal(str(info.get("lastPrice") or ticker["last"]))
+    return PriceTick(last=last, index=Decimal(str(info.get("indexPrice") or last)),
+                     mark=Decimal(str(info.get("markPrice") or last)), at=datetime.now(UTC), source="feed")
+
+
+class FeedActivities:
+    def __init__(self, venues: VenuePool) -> None:
+        self.venues = venues
+
+    @activity.defn(name="feed_watch")
+    async def watch(self, req: FeedWatch) -> str:
+        client = activity.client()
+        own = client.get_workflow_handle(activity.info().workflow_id)
+        venue = await self.venues.get(req.venue, req.account)
+        unified = await venue.unified(req.symbol)
+        ticks: asyncio.Queue[dict] = asyncio.Queue(maxsize=1000)
+
+        async def pump() -> None:
+            while True:
+                try:
+                    ticks.put_nowait(await venue.ex.watch_ticker(unified))
+                except NetworkError as exc:  # the stream dropped: the next watch reconnects
+                    activity.logger.warning("%s ticker stream dropped: %s", req.symbol, exc)
+                    await asyncio.sleep(0.5)
+                except asyncio.QueueFull:
+                    pass
+
+        subs: list[FeedSubscription] = []
+        version, refreshed, started = -1, 0.0, time.monotonic()
+        sent: dict[str, Sent] = {}
+        signals = 0
+        task = asyncio.create_task(pump())
+        try:
+            while time.monotonic() - started < req.rotate_after_s:
+                now = time.monotonic()
+                if now - refreshed >= REFRESH_S:
+                    current: FeedSubscriptions = await own.query("subscriptions", result_type=FeedSubscriptions)
+                    refreshed = now
+                    if current.version != version:
+                        version, subs = current.version, current.subscriptions
+                try:
+                    ticker = await asyncio.wait_for(ticks.get(), timeout=REFRESH_S)
+                except TimeoutError:
+                    activity.heartbeat(f"no tick, {signals} signals sent")
+                    continue
+                while not ticks.empty():  # only the newest price matters
+                    ticker = ticks.get_nowait()
+                tick = _tick(ticker)
+                activity.heartbeat(f"{req.symbol} {tick.last}, {signals} signals sent")
+                now = time.monotonic()
+                for sub in subs:
+                    due, band, ltv = wake_due(sub, tick, sent.get(sub.loan_id), now)
+                    if not due:
+                        continue
+                    try:
+                        await client.get_workflow_handle(loan_workflow_id(sub.loan_id)).signal("price", tick)
+                        signals += 1
+                    except RPCError as exc:  # the loan is not running: try again at its keep-alive
+                        activity.logger.warning("cannot signal loan %s: %s", sub.loan_id, exc)
+                    sent[sub.loan_id] = Sent(band=band, ltv=ltv, at=now)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+        return f"rotated after {req.rotate_after_s} s, {signals} signals sent"

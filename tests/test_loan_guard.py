@@ -1,0 +1,118 @@
+"""LoanGuardWorkflow on the dev server with the emulators: a fall through every band grows the hedge with
+the band's size and urgency and the treasury acts; recovery shrinks it; pause, resume and force-close; a
+stale feed is noticed and the price polled."""
+
+from __future__ import annotations
+
+from decimal import Decimal as D
+
+import pytest
+
+from models.hedge import HedgeView, OrderPolicy
+from models.loan_guard import feed_workflow_id
+from tests.loan_helpers import FAST, end_loan_workflows, enrol, open_loan, record_if_asked, wait_loan
+from workflows.hedge import HedgeWorkflow
+from workflows.loan_guard import lots
+
+FAST_HEDGE = OrderPolicy(replace_after_s=5, fill_check_s=1, reconcile_every_s=30)
+
+
+@pytest.fixture
+async def loan_worker(dev_env, paper_settings, store, venues, task_queue):
+    from worker import build_worker
+
+    async with build_worker(dev_env.client, paper_settings, store, venues, task_queue=task_queue):
+        yield task_queue
+        await end_loan_workflows(dev_env.client)
+
+
+async def hedge_view(client, hedge_id: str) -> HedgeView:
+    return await client.get_workflow_handle(f"hedge-{hedge_id}").query(HedgeWorkflow.state)
+
+
+def settled(band: str):
+    return lambda v: v.band == band and v.realising is None and v.hedge_current_btc == v.hedge_target_btc
+
+
+async def test_a_fall_through_every_band_grows_the_hedge_then_recovery_shrinks_it(dev_env, loan_worker, sim, paper_settings):
+    await open_loan(sim, paper_settings, "fall", "1", "24000")  # 40 % at 60000
+    no_treasury = FAST.model_copy(update={"min_treasury_usdt": D("1e9")})  # bands alone drive the hedge here
+    handle = await enrol(dev_env.client, loan_worker, "FALL-1", "fall", hedge_policy=FAST_HEDGE, timing=no_treasury)
+    view = await wait_loan(handle, lambda v: v.ltv_pct is not None and v.price_source == "feed")
+    assert view.band == "SAFE" and abs(view.ltv_pct - 40) < D("0.01") and view.hedge_target_btc == 0
+    multipliers = {"CAUTION": D("1.0"), "DANGER": D("1.2"), "CRITICAL": D("1.5")}
+    urgencies = {"CAUTION": "normal", "DANGER": "urgent", "CRITICAL": "critical"}
+    for price, band in (("52700", "CAUTION"), ("49500", "DANGER"), ("47500", "CRITICAL")):
+        sim.market.set_price("BTCUSDT", D(price))
+        view = await wait_loan(handle, settled(band), within_s=60)
+        assert view.hedge_target_btc == lots(view.collateral_btc * multipliers[band], D("0.001")) > 0
+        assert (await hedge_view(dev_env.client, view.hedge_id)).urgency.value == urgencies[band]
+    assert view.hedge_target_btc == D("1.5") and view.treasury_actions == 0
+    # recovery: down a band only a full hysteresis point under its threshold, the hedge shrinking with it
+    sim.market.set_price("BTCUSDT", D("49000"))  # LTV 48.98: still CRITICAL's hysteresis zone? no: under 49
+    view = await wait_loan(handle, settled("DANGER"), within_s=60)
+    assert view.hedge_target_btc == D("1.2")
+    sim.market.set_price("BTCUSDT", D("70000"))
+    view = await wait_loan(handle, settled("SAFE"), within_s=90)
+    assert view.hedge_target_btc == 0 and view.hedge_current_btc == 0
+    assert view.ltv_pct < 44
+    await record_if_asked(dev_env.client, handle.id, "LoanGuardWorkflow-fall-and-recovery")
+    await record_if_asked(dev_env.client, feed_workflow_id("bybit", "BTCUSDT"), "PriceFeedWorkflow-one-loan")
+
+
+@pytest.mark.parametrize("always_repay", [False, True], ids=["collateral", "always-repay"])
+async def test_realised_profit_goes_to_the_loan(dev_env, loan_worker, sim, paper_settings, always_repay):
+    account = f"treasury{int(always_repay)}"
+    await open_loan(sim, paper_settings, account, "1", "24000")
+    handle = await enrol(dev_env.client, loan_worker, f"TREASURY-{int(always_repay)}", account, hedge_policy=FAST_HEDGE,
+                         always_repay=always_repay)
+    await wait_loan(handle, lambda v: v.ltv_pct is not None and v.price_source == "feed")
+    sim.market.set_price("BTCUSDT", D("52700"))  # CAUTION: short the whole collateral
+    await wait_loan(handle, settled("CAUTION"), within_s=60)
+    sim.market.set_price("BTCUSDT", D("49500"))  # DANGER (48.5 %): the short is 2.3 k in profit
+    view = await wait_loan(handle, lambda v: v.last_treasury is not None and v.realising is None, within_s=60)
+    loan = next(x for x in sim.loans.snapshot() if x["account"] == account)
+    record = view.last_treasury
+    assert record is not None and record.kind == ("repay" if always_repay else "add_collateral")
+    if always_repay:
+        assert D(loan["principal"]) < 24000 and D(loan["collateral_btc"]) == 1
+    else:
+        assert D(loan["collateral_btc"]) > 1 and record.btc > 0
+    # realise-and-re-hedge: the profit left the short, the short itself is back at the band's target
+    assert view.hedge_realised_pnl > 1000 and view.allocated_pnl_usdt == view.hedge_realised_pnl
+    assert view.ltv_pct < D("48")  # repaying can take it under caution's hysteresis: then the hedge closes
+    await wait_loan(handle, lambda v: v.hedge_current_btc == v.hedge_target_btc, within_s=60)
+
+
+async def test_pause_resume_and_force_close(dev_env, loan_worker, sim, paper_settings):
+    await open_loan(sim, paper_settings, "ops", "1", "24000")
+    handle = await enrol(dev_env.client, loan_worker, "OPS-1", "ops", hedge_policy=FAST_HEDGE)
+    await wait_loan(handle, lambda v: v.ltv_pct is not None)
+    await handle.signal("pause")
+    sim.market.set_price("BTCUSDT", D("52700"))  # CAUTION
+    view = await wait_loan(handle, lambda v: v.band == "CAUTION" and v.paused)
+    hedge = await hedge_view(dev_env.client, view.hedge_id)
+    assert hedge.paused and hedge.current == 0 and hedge.open_order is None  # watched, not traded
+    await handle.signal("resume")
+    view = await wait_loan(handle, lambda v: not v.paused and v.hedge_current_btc == v.hedge_target_btc > 0, within_s=60)
+    first_hedge = view.hedge_id
+    await handle.signal("force_close", "test")
+    view = await wait_loan(handle, lambda v: v.hedge_closed, within_s=60)
+    assert view.paused and (await hedge_view(dev_env.client, first_hedge)).current == 0
+    await handle.signal("resume")  # a fresh hedge under a new id, back to the band's target
+    view = await wait_loan(handle, lambda v: v.hedge_id != first_hedge and v.hedge_current_btc == v.hedge_target_btc > 0,
+                           within_s=60)
+    await handle.signal("unenrol")
+    final = await handle.result()
+    assert final.unenrolling and final.hedge_closed
+
+
+async def test_a_silent_feed_is_noticed_and_the_price_polled(dev_env, loan_worker, sim, paper_settings):
+    await open_loan(sim, paper_settings, "stale", "1", "24000")
+    handle = await enrol(dev_env.client, loan_worker, "STALE-1", "stale", hedge_policy=FAST_HEDGE)
+    await wait_loan(handle, lambda v: v.price_source == "feed" and not v.feed_stale)
+    sim.faults.add("bybit", "ws_silence", seconds=12)
+    sim.market.set_price("BTCUSDT", D("52700"))  # no tick carries this: only a poll can see it
+    view = await wait_loan(handle, lambda v: v.feed_stale and v.band == "CAUTION", within_s=12)
+    assert view.price_source == "poll" and view.price == D("52700")
+    view = await wait_loan(handle, lambda v: not v.feed_stale and v.price_source == "feed", within_s=20)

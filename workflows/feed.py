@@ -1,0 +1,81 @@
+"""PriceFeedWorkflow: one per venue and symbol (`feed-bybit-BTCUSDT`), keeps the feed_watch activity
+running while any loan is subscribed. Loans subscribe through the feed_subscribe activity (signal-with-start)
+and leave with unsubscribe; the activity reads the list through the `subscriptions` query.
+
+A feed that dies is not a loan that goes blind: each loan notices a silent feed itself and polls.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, CancelledError
+
+with workflow.unsafe.imports_passed_through():
+    from models.loan_guard import FeedInput, FeedSubscription, FeedSubscriptions, FeedUnsubscribe, FeedWatch
+
+IDLE_EXIT = timedelta(hours=1)  # no loan subscribed this long: the feed ends (the next subscribe restarts it)
+CONTINUE_AS_NEW_AFTER = 2000
+
+
+@workflow.defn
+class PriceFeedWorkflow:
+    @workflow.init
+    def __init__(self, inp: FeedInput) -> None:
+        self.inp = inp
+        self.subs: dict[str, FeedSubscription] = dict(inp.subscriptions)
+        self.version = inp.version
+
+    @workflow.signal
+    def subscribe(self, sub: FeedSubscription) -> None:
+        if self.subs.get(sub.loan_id) != sub:
+            self.subs[sub.loan_id] = sub
+            self.version += 1
+
+    @workflow.signal
+    def unsubscribe(self, req: FeedUnsubscribe) -> None:
+        if self.subs.pop(req.loan_id, None) is not None:
+            self.version += 1
+
+    @workflow.query
+    def subscriptions(self) -> FeedSubscriptions:
+        return FeedSubscriptions(version=self.version, subscriptions=list(self.subs.values()))
+
+    @workflow.run
+    async def run(self, inp: FeedInput) -> str:
+        while True:
+            if self._should_continue_as_new():
+                await workflow.wait_condition(workflow.all_handlers_finished)
+                workflow.continue_as_new(FeedInput(venue=inp.venue, symbol=inp.symbol, subscriptions=self.subs,
+                                                   version=self.version))
+            self._show()
+            if not self.subs:
+                try:
+                    await workflow.wait_condition(lambda: bool(self.subs), timeout=IDLE_EXIT,
+                                                  timeout_summary="no loan subscribed")
+                except TimeoutError:
+                    return f"no loan subscribed for {IDLE_EXIT}; feed stopped"
+                continue
+            account = sorted(self.subs.values(), key=lambda s: s.loan_id)[0].account
+            watch = workflow.start_activity(
+                "feed_watch", FeedWatch(venue=inp.venue, symbol=inp.symbol, account=account),
+                start_to_close_timeout=timedelta(hours=2), heartbeat_timeout=timedelta(seconds=5),
+                retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=5)),
+                summary=f"{inp.symbol} ticker stream")
+            await workflow.wait_condition(lambda w=watch: w.done() or not self.subs or self._should_continue_as_new())
+            if not watch.done():
+                watch.cancel()
+            try:
+                await watch
+            except (ActivityError, CancelledError) as err:
+                workflow.logger.warning("feed %s %s stopped: %s", inp.venue, inp.symbol, err)
+
+    def _should_continue_as_new(self) -> bool:
+        info = workflow.info()
+        return info.is_continue_as_new_suggested() or info.get_current_history_length() >= CONTINUE_AS_NEW_AFTER
+
+    def _show(self) -> None:
+        loans = ", ".join(sorted(self.subs)) or "none"
+        workflow.set_current_details(f"**{self.inp.symbol}** on {self.inp.venue}\n- loans subscribed: {loans}")
