@@ -158,6 +158,9 @@ class LoanCarry(BaseModel):
     max_ltv: Decimal
     tag: str
     closing_hedge: bool
+    realisations: int = 0
+    realised_btc: Decimal = Decimal(0)
+    realised_notional: Decimal = Decimal(0)
 
 
 LoanGuardInput.model_rebuild()
@@ -290,6 +293,11 @@ class LoanView(BaseModel):
     hedge_unrealised_pnl: Decimal
     hedge_liquidation_price: Decimal | None
     net_delta_btc: Decimal
+    hedge_fees_usdt: Decimal = Decimal(0)
+    hedge_funding_usdt: Decimal = Decimal(0)
+    realisations: int = 0
+    realised_btc: Decimal = Decimal(0)  # BTC taken off and put back by realise-and-re-hedge round trips
+    realised_notional_usdt: Decimal = Decimal(0)  # the same at the prices they were decided at
     realising: RealiseState | None
     reserve_usdt: Decimal
     enrol_reserve_left_usdt: Decimal

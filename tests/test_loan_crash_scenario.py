@@ -90,14 +90,23 @@ async def test_march_2020_crash_keeps_the_loan_under_critical(dev_env, loan_work
     account = sim.engines["bybit"].account_by_name("crash")
     venue_size = account.positions["BTCUSDT"].size if "BTCUSDT" in account.positions else D(0)
     ids = [o.client_id for o in account.orders if o.client_id]
-    report = {"max_ltv_venue": D(loan["max_ltv_seen"]) * 100, "max_ltv_guard": view.max_ltv_pct,
-              "treasury_actions": view.treasury_actions, "collateral": loan["collateral_btc"], "debt": loan["debt"],
-              "hedge_realised": hedge.realised_pnl, "hedge_size": hedge.current_size}
+    spot = sim.bybit.spot_orders.get("crash", [])
+    spot_fee_usdt = sum((o.fee * o.price if o.fee_coin == "BTC" else o.fee for o in spot), D(0)).quantize(D("0.01"))
+    taker = sim.engines["bybit"].config.taker_fee
+    report = {"max_ltv_pct": (D(loan["max_ltv_seen"]) * 100).quantize(D("0.01")),
+              "perp_fees_usdt": view.hedge_fees_usdt.quantize(D("0.01")),
+              "of_which_realisation_round_trips_usdt": (2 * view.realised_notional_usdt * taker).quantize(D("0.01")),
+              "funding_usdt": view.hedge_funding_usdt.quantize(D("0.01")), "spot_fees_usdt": spot_fee_usdt,
+              "realisations": view.realisations, "treasury_actions": view.treasury_actions,
+              "collateral_btc": loan["collateral_btc"], "debt_usdt": D(loan["debt"]).quantize(D("0.01")),
+              "hedge_realised_pnl_usdt": hedge.realised_pnl.quantize(D("0.01")), "hedge_size": hedge.current_size}
     print("crash scenario:", report)
     assert loan["status"] == "active", loan["liquidation"]
     assert D(loan["max_ltv_seen"]) <= D("0.50"), report
     assert not [liq for liq in sim.engines["bybit"].liquidations if liq["account"] == "crash"]
     assert store.verify(view.hedge_id) == []
     assert hedge.current_size == venue_size
-    assert [cid for cid, n in Counter(ids).items() if n > 1] == []
+    assert [cid for cid, n in Counter(ids + [o.client_id for o in spot]).items() if n > 1] == []
+    ledger_ids = [e.client_order_id for e in store.events(view.hedge_id) if e.type != "FEE" and e.client_order_id]
+    assert set(ledger_ids) <= set(ids)  # every fill in the ledger is one of the hedge's own orders
     assert view.treasury_actions > 0 and D(loan["collateral_btc"]) > COLLATERAL

@@ -113,6 +113,9 @@ class LoanGuardWorkflow:
         self.max_ltv = c.max_ltv if c else ZERO
         self.tag = c.tag if c else ""
         self.closing_hedge = c.closing_hedge if c else False
+        self.realisations = c.realisations if c else 0
+        self.realised_btc = c.realised_btc if c else ZERO
+        self.realised_notional = c.realised_notional if c else ZERO
         self.ltv: Decimal | None = None
         self.feed_at: datetime | None = None
         self.stale = False
@@ -193,6 +196,9 @@ class LoanGuardWorkflow:
             hedge_unrealised_pnl=facts.unrealised_pnl if facts else ZERO,
             hedge_liquidation_price=facts.liquidation_price if facts else None,
             net_delta_btc=net_delta_btc(self.collateral, current), realising=self.realising,
+            hedge_fees_usdt=facts.fees if facts else ZERO, hedge_funding_usdt=facts.funding if facts else ZERO,
+            realisations=self.realisations, realised_btc=self.realised_btc,
+            realised_notional_usdt=self.realised_notional,
             reserve_usdt=self.reserve, enrol_reserve_left_usdt=self.enrol_reserve, allocated_pnl_usdt=self.allocated,
             last_treasury=self.last_treasury, treasury_actions=self.treasury_seq, paused=self.paused,
             hedge_closed=self.hedge_closed, unenrolling=self.unenrolling, bands=self.cfg,
@@ -397,6 +403,9 @@ class LoanGuardWorkflow:
         qty = lots(short * due / facts.unrealised_pnl, facts.qty_step) if due > 0 else ZERO
         if qty >= facts.min_qty:
             self.realising = RealiseState(qty=qty, reduce_to=max(ZERO, target - qty), started_at=now)
+            self.realisations += 1
+            self.realised_btc += qty
+            self.realised_notional += qty * price
 
     async def _watch_margin_and_top_up(self) -> None:
         need = self._watch_margin(top_up=True)
@@ -535,7 +544,8 @@ class LoanGuardWorkflow:
                          reserve_usdt=self.reserve, enrol_reserve_left=self.enrol_reserve,
                          last_treasury=self.last_treasury, paused=self.paused, hedge_closed=self.hedge_closed,
                          unenrolling=self.unenrolling, realising=self.realising, max_ltv=self.max_ltv,
-                         tag=self.tag, closing_hedge=self.closing_hedge)
+                         tag=self.tag, closing_hedge=self.closing_hedge, realisations=self.realisations,
+                         realised_btc=self.realised_btc, realised_notional=self.realised_notional)
 
     def _alert(self, severity: str, kind: str, title: str, text: str) -> None:
         """Raise once per condition (a new text is a new condition); delivery never blocks the loop."""
