@@ -135,6 +135,15 @@ class RealiseState(BaseModel):
     started_at: datetime
 
 
+class PendingMove(BaseModel):
+    """A treasury move sent but not yet answered; asked again under the same key until it is."""
+
+    activity: str
+    kind: str
+    request: TreasuryRequest
+    from_reserve: bool = False
+
+
 class LoanCarry(BaseModel):
     band: int
     principal: Decimal
@@ -161,9 +170,10 @@ class LoanCarry(BaseModel):
     realisations: int = 0
     realised_btc: Decimal = Decimal(0)
     realised_notional: Decimal = Decimal(0)
+    hedge_paused_sent: bool | None = None
+    pending: PendingMove | None = None
 
 
-LoanGuardInput.model_rebuild()
 
 
 class FeedSubscription(BaseModel):
@@ -311,3 +321,7 @@ class LoanView(BaseModel):
     always_repay: bool
     next_sync_at: datetime | None
     summary: str
+
+
+for _model in (PendingMove, LoanCarry, LoanGuardInput):  # they name models defined further down
+    _model.model_rebuild()

@@ -41,6 +41,7 @@ with workflow.unsafe.imports_passed_through():
         LoanRef,
         LoanView,
         MarginTopUp,
+        PendingMove,
         PriceRequest,
         PriceTick,
         RealiseState,
@@ -71,6 +72,8 @@ VENUE_CALL = dict(start_to_close_timeout=timedelta(seconds=30), schedule_to_clos
                   retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10)))
 MONEY_CALL = dict(start_to_close_timeout=timedelta(seconds=60), schedule_to_close_timeout=timedelta(minutes=10),
                   retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=15)))
+# add-margin has no client id: one attempt, and the next facts read decides whether more is needed
+TOPUP_CALL = dict(start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=1))
 ALERT_CALL = dict(start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=timedelta(hours=1))
 
 
@@ -123,7 +126,9 @@ class LoanGuardWorkflow:
         self.next_sync: datetime | None = None
         self.facts: HedgeFacts | None = None
         self.next_facts: datetime | None = None
-        self.hedge_paused_sent = self.paused
+        self.hedge_paused_sent = c.hedge_paused_sent if c and c.hedge_paused_sent is not None else self.paused
+        self.pending: PendingMove | None = c.pending if c else None
+        self.treasury_backoff: datetime | None = None
         self.subscribed: FeedSubscription | None = None
         self.retry_at: datetime | None = None
         self.wake = False
@@ -154,7 +159,7 @@ class LoanGuardWorkflow:
     @workflow.signal
     def force_close(self, reason: str = "operator") -> None:
         """Close the hedge now; the guard then watches unhedged (paused) until resume opens a new hedge."""
-        if self.hedge_started and not self.hedge_closed:
+        if not self.hedge_closed:  # also a hedge whose start is under way: it is closed once it exists
             workflow.logger.info("force close of loan %s's hedge: %s", self.inp.loan_id, reason)
             self.closing_hedge = True
         self.paused = True
@@ -191,7 +196,9 @@ class LoanGuardWorkflow:
             principal_usdt=self.principal, interest_usdt=self.interest, collateral_btc=self.collateral,
             price=risk_price(self.tick.last, self.tick.index) if self.tick else None,
             price_source=self.tick.source if self.tick else None, price_at=self.tick.at if self.tick else None,
-            feed_stale=self.stale, hedge_id=self._hedge_id(), hedge_target_btc=self._target()[0],
+            feed_stale=self.stale, hedge_id=self._hedge_id(),
+            hedge_target_btc=(self.sent_target or ZERO) if self.paused or self.closing_hedge or self.hedge_closed
+            else self._target()[0],
             hedge_current_btc=current, hedge_realised_pnl=facts.realised_pnl if facts else ZERO,
             hedge_unrealised_pnl=facts.unrealised_pnl if facts else ZERO,
             hedge_liquidation_price=facts.liquidation_price if facts else None,
@@ -226,10 +233,15 @@ class LoanGuardWorkflow:
                     self._alert("CRITICAL", "venue", f"loan {inp.loan_id}: venue call failing", cause)
                     self.retry_at = workflow.now() + timedelta(seconds=inp.timing.poll_every_s)
             self._show()
-            if self.unenrolling and (self.hedge_closed or not self.hedge_started):
-                await workflow.execute_activity("feed_unsubscribe", FeedUnsubscribe(
-                    loan_id=inp.loan_id, venue=inp.venue, symbol=inp.symbol), **VENUE_CALL)
-                self._alert("INFO", "unenrolled", f"loan {inp.loan_id} unenrolled", "hedge closed; no longer guarded")
+            if self.unenrolling and (self.hedge_closed or not self.hedge_started) and self.pending is None:
+                try:
+                    await workflow.execute_activity("feed_unsubscribe", FeedUnsubscribe(
+                        loan_id=inp.loan_id, venue=inp.venue, symbol=inp.symbol), **VENUE_CALL)
+                except ActivityError:
+                    pass  # the feed drops a loan it cannot signal; nothing here depends on it
+                await workflow.execute_activity("raise_alert", Alert(
+                    severity="INFO", key=f"loan-{inp.loan_id}:unenrolled", title=f"loan {inp.loan_id} unenrolled",
+                    text="hedge closed; no longer guarded", book=Book.LOAN.value, exposure_id=inp.loan_id), **ALERT_CALL)
                 return self.state()
             await self._sleep()
 
@@ -238,10 +250,13 @@ class LoanGuardWorkflow:
         if self.next_sync is None or now >= self.next_sync:
             await self._sync_loan()
         await self._refresh_price(now)
-        if self.tick is None or self.collateral <= 0:
+        if self.tick is None:
             return
-        self._evaluate()
-        await self._subscribe()
+        if self.collateral > 0:
+            self._evaluate()
+            await self._subscribe()
+        else:
+            self.ltv = None  # no loan at the venue any more: the hedge target falls to 0 with the collateral
         await self._steer_hedge()
         if self.hedge_started and not self.hedge_closed and (self.next_facts is None or workflow.now() >= self.next_facts):
             self.facts = await workflow.execute_activity("loan_hedge_facts", self._facts_request(),
@@ -250,10 +265,11 @@ class LoanGuardWorkflow:
                       or self.closing_hedge)
             self.next_facts = workflow.now() + timedelta(seconds=t.hedge_check_s if hedged else t.sync_every_s)
             if self.closing_hedge and self.facts.status == HedgeStatus.CLOSED:
-                self.closing_hedge, self.hedge_closed = False, True
-                self._alert("INFO", "hedge-closed", f"loan {self.inp.loan_id}: hedge closed", self._hedge_id())
-        if self.facts is None or self.paused or self.hedge_closed or self.closing_hedge:
-            if self.facts is not None:
+                self._hedge_ended("closed")
+        if self.pending is not None and not self.paused:
+            await self._run_pending()
+        if self.facts is None or self.paused or self.hedge_closed or self.closing_hedge or self.ltv is None:
+            if self.facts is not None and not self.hedge_closed:
                 self._watch_margin(top_up=False)
             return
         await self._watch_margin_and_top_up()
@@ -329,13 +345,16 @@ class LoanGuardWorkflow:
         return lots(hedge_target_btc(self.collateral, band, self.cfg.bands()), step), urgency_for(band)
 
     def _target(self) -> tuple[Decimal, str]:
-        if self.realising is not None:
-            return self.realising.reduce_to, "critical"
-        return self._target_for(self.band)
+        band_target, urgency = self._target_for(self.band)
+        if self.realising is not None:  # the realised part off the band's current target, however the band moved
+            return max(ZERO, band_target - self.realising.qty), "critical"
+        return band_target, urgency
 
     async def _steer_hedge(self) -> None:
         if self.unenrolling and not self.hedge_started:
             return
+        if self.closing_hedge and not self.hedge_started:
+            self.closing_hedge, self.hedge_closed = False, True  # nothing was started: nothing to close
         if self.closing_hedge or self.hedge_closed:
             if self.closing_hedge and self.sent_target is not None:
                 await self._signal_hedge("force_close", "loan guard: " + ("unenrol" if self.unenrolling else "operator"))
@@ -377,7 +396,24 @@ class LoanGuardWorkflow:
     async def _signal_hedge(self, name: str, arg: Any = None) -> None:
         handle = workflow.get_external_workflow_handle(f"hedge-{self._hedge_id()}")
         args = [] if arg is None else [arg]
-        await handle.signal(name, args=args)
+        try:
+            await handle.signal(name, args=args)
+        except Exception as exc:  # the hedge workflow ended (closed by an operator, failed): not ours to steer
+            self._alert("CRITICAL", "hedge-gone", f"loan {self.inp.loan_id}: hedge workflow {self._hedge_id()} ended",
+                        f"{name} could not be delivered ({exc}); a new hedge takes over unless paused")
+            self._hedge_ended("ended")
+
+    def _hedge_ended(self, how: str) -> None:
+        """The hedge is closed: profit it realised that the treasury has not seen yet is kept as reserve."""
+        left = (self.facts.realised_pnl if self.facts else ZERO) - self.allocated
+        if left > 0:
+            self.reserve += left
+            self._record(TreasuryRecord(key=self._next_key("k"), kind="reserve", usdt=left, at=workflow.now(),
+                                        note=f"profit of hedge {self._hedge_id()}, {how}"))
+        self.allocated = ZERO  # the next hedge's ledger starts from zero
+        self.closing_hedge, self.hedge_closed = False, True
+        self.sent_target = None
+        self._alert("INFO", "hedge-closed", f"loan {self.inp.loan_id}: hedge {how}", self._hedge_id())
 
     def _realise(self) -> None:
         """Realise-and-re-hedge: from CAUTION up, take enough short profit to bring the LTV back to target once
@@ -385,7 +421,7 @@ class LoanGuardWorkflow:
         facts, now = self.facts, workflow.now()
         assert facts is not None and self.tick is not None and self.ltv is not None
         if self.realising is not None:
-            reached = -facts.size <= self.realising.reduce_to + facts.min_qty / 2
+            reached = -facts.size <= self._target()[0] + facts.min_qty / 2
             if reached or now - self.realising.started_at > REALISE_GIVE_UP:
                 if not reached:
                     self._alert("WARNING", "realise", f"loan {self.inp.loan_id}: realising profit did not complete",
@@ -409,7 +445,7 @@ class LoanGuardWorkflow:
 
     async def _watch_margin_and_top_up(self) -> None:
         need = self._watch_margin(top_up=True)
-        if need <= 0:
+        if need <= 0 or self.paused or self.closing_hedge or self._backing_off():
             return
         pool = self.reserve + self.enrol_reserve
         amount = min(need, pool).quantize(Decimal("0.01"), rounding=ROUND_DOWN)
@@ -417,7 +453,9 @@ class LoanGuardWorkflow:
             return
         key = self._next_key("m")
         outcome: TreasuryOutcome = await workflow.execute_activity("loan_margin_topup", MarginTopUp(
-            key=key, hedge=self._facts_request(), usdt=amount), result_type=TreasuryOutcome, **MONEY_CALL)
+            key=key, hedge=self._facts_request(), usdt=amount), result_type=TreasuryOutcome, **TOPUP_CALL)
+        if outcome.refused:
+            self.treasury_backoff = workflow.now() + timedelta(seconds=60)
         self._spend_reserve(outcome.usdt)
         self._record(TreasuryRecord(key=key, kind="margin_topup", usdt=outcome.usdt, at=workflow.now(),
                                     note=outcome.refused or "hedge margin topped up from the reserve"))
@@ -449,7 +487,8 @@ class LoanGuardWorkflow:
         facts = self.facts
         assert facts is not None and self.ltv is not None
         available = facts.realised_pnl - self.allocated
-        if available < max(self.inp.timing.min_treasury_usdt, Decimal("0.01")) or self.realising is not None:
+        if (available < max(self.inp.timing.min_treasury_usdt, Decimal("0.01")) or self.realising is not None
+                or self.paused or self.closing_hedge or self.pending is not None or self._backing_off()):
             return
         action = allocate(available, self.ltv, self.cfg.bands(), always_repay=self.inp.always_repay)
         usdt = action.usdt.quantize(Decimal("0.01"), rounding=ROUND_DOWN)
@@ -461,8 +500,9 @@ class LoanGuardWorkflow:
             return
         self.reserve += action.kept
         if action.kind == TreasuryKind.REPAY:
-            usdt = min(usdt, self.principal + self.interest)
-            await self._move("loan_repay", "repay", usdt)
+            capped = min(usdt, self.principal + self.interest)
+            self.reserve += usdt - capped  # more than the debt: the rest is kept
+            await self._move("loan_repay", "repay", capped)
         else:
             await self._move("loan_add_collateral", "add_collateral", usdt)
 
@@ -470,24 +510,42 @@ class LoanGuardWorkflow:
         if usdt <= 0:
             return
         key = self._next_key("r" if kind == "repay" else "c")
-        outcome: TreasuryOutcome = await workflow.execute_activity(activity, TreasuryRequest(
-            key=key, loan=self.ref, usdt=usdt), result_type=TreasuryOutcome, **MONEY_CALL)
+        # kept until the venue answers: a move whose activity gave up is asked again under the same key
+        self.pending = PendingMove(activity=activity, kind=kind, request=TreasuryRequest(key=key, loan=self.ref, usdt=usdt),
+                                   from_reserve=from_reserve)
+        await self._run_pending()
+
+    async def _run_pending(self) -> None:
+        assert self.pending is not None
+        activity, kind, usdt, key = (self.pending.activity, self.pending.kind, self.pending.request.usdt,
+                                     self.pending.request.key)
+        from_reserve = self.pending.from_reserve
+        outcome: TreasuryOutcome = await workflow.execute_activity(activity, self.pending.request,
+                                                                   result_type=TreasuryOutcome, **MONEY_CALL)
+        self.pending = None
         if outcome.refused:
+            self.treasury_backoff = workflow.now() + timedelta(seconds=60)
             if not from_reserve:
                 self.reserve += usdt - outcome.usdt  # not spent: kept
-            self._alert("WARNING", "treasury", f"loan {self.inp.loan_id}: {kind} refused by the venue", outcome.refused)
+            self._alert("WARNING", "treasury-refused", f"loan {self.inp.loan_id}: {kind} refused by the venue",
+                        outcome.refused)
         elif from_reserve:
             self._spend_reserve(outcome.usdt)
         note = outcome.refused or ("already done (found at the venue)" if outcome.already_done else "done")
         self._record(TreasuryRecord(key=key, kind=("deploy_reserve" if from_reserve else kind), usdt=outcome.usdt,
                                     btc=outcome.btc, at=workflow.now(), note=note))
         await self._sync_loan()
-        self._evaluate()
+        if self.collateral > 0:
+            self._evaluate()
+
+    def _backing_off(self) -> bool:
+        return self.treasury_backoff is not None and workflow.now() < self.treasury_backoff
 
     async def _deploy_reserve(self) -> None:
         assert self.tick is not None
         pool = self.reserve + self.enrol_reserve
-        if pool < max(self.inp.timing.min_treasury_usdt, Decimal("0.01")):
+        if (pool < max(self.inp.timing.min_treasury_usdt, Decimal("0.01")) or self.paused or self.closing_hedge
+                or self.pending is not None or self._backing_off()):
             return
         need = repay_to_reach(self.principal + self.interest, self.collateral, risk_price(self.tick.last, self.tick.index),
                               self.cfg.target)
@@ -510,15 +568,15 @@ class LoanGuardWorkflow:
         timers: list[tuple[str, datetime]] = []
         if self.next_sync is not None:
             timers.append(("loan sync", self.next_sync))
-        if self.retry_at is not None:
-            timers.append(("retry", self.retry_at))
-        if self.stale and self.next_poll is not None:
+        if self.retry_at is not None and self.retry_at > now:
+            timers = [("retry", self.retry_at)]  # nothing else runs before it
+        elif self.stale and self.next_poll is not None:
             timers.append(("price poll", self.next_poll))
         elif self.feed_at is not None or self._started_at is not None:
             since = self.feed_at or self._started_at
             assert since is not None
             timers.append(("feed stale check", max(now, since + timedelta(seconds=t.stale_after_s))))
-        if self.next_facts is not None and self.hedge_started:
+        if self.next_facts is not None and self.hedge_started and not self.hedge_closed and self.retry_at is None:
             timers.append(("hedge check", self.next_facts))
         label, at = min(timers, key=lambda x: x[1]) if timers else ("loan sync", now + timedelta(seconds=t.sync_every_s))
         if self.wake:
@@ -545,7 +603,8 @@ class LoanGuardWorkflow:
                          last_treasury=self.last_treasury, paused=self.paused, hedge_closed=self.hedge_closed,
                          unenrolling=self.unenrolling, realising=self.realising, max_ltv=self.max_ltv,
                          tag=self.tag, closing_hedge=self.closing_hedge, realisations=self.realisations,
-                         realised_btc=self.realised_btc, realised_notional=self.realised_notional)
+                         realised_btc=self.realised_btc, realised_notional=self.realised_notional,
+                         hedge_paused_sent=self.hedge_paused_sent, pending=self.pending)
 
     def _alert(self, severity: str, kind: str, title: str, text: str) -> None:
         """Raise once per condition (a new text is a new condition); delivery never blocks the loop."""
