@@ -45,10 +45,8 @@ def wake_due(sub: FeedSubscription, tick: PriceTick, sent: Sent | None, now: flo
 def _tick(ticker: dict) -> PriceTick:
     info = ticker.get("info") or {}
     last = Decimal(str(info.get("lastPrice") or ticker["last"]))
-    # the venue's own time, as a REST poll's: a worker's clock must not order feed and poll prices
-    at = datetime.fromtimestamp(ticker["timestamp"] / 1000, UTC) if ticker.get("timestamp") else datetime.now(UTC)
     return PriceTick(last=last, index=Decimal(str(info.get("indexPrice") or last)),
-                     mark=Decimal(str(info.get("markPrice") or last)), at=at, source="feed")
+                     mark=Decimal(str(info.get("markPrice") or last)), at=datetime.now(UTC), source="feed")
 
 
 class FeedActivities:

@@ -44,7 +44,7 @@ class BandSettings(BaseModel):
     hysteresis: Decimal = Decimal("1")
     liquidation: Decimal = Decimal("91")
     repay_below: Decimal = Decimal("35")
-    safe_below: Decimal = Decimal("41")
+    safe_below: Decimal = Decimal("38")
     multiplier_safe: Decimal = Decimal("0")
     multiplier_caution: Decimal = Decimal("1.0")
     multiplier_danger: Decimal = Decimal("1.2")

@@ -42,9 +42,10 @@ class Bands:
     liquidation: Decimal = Decimal("91")
     repay_below: Decimal = Decimal("35")
     # CAUTION drops to SAFE (and the hedge comes off) only below this: once hedged, the hedge stays until the
-    # loan is back near its target. With only a point of hysteresis at caution, a crash's intrabar swings
-    # closed and reopened the whole hedge every few minutes at a loss (bench/loan_backtest.py, README).
-    safe_below: Decimal = Decimal("41")
+    # loan is back under its target. With only a point of hysteresis at caution, a crash's intrabar swings
+    # closed and reopened the whole hedge every few minutes at a loss; and the treasury aims at the target,
+    # so a release above it switched the hedge off each time a realisation hit its aim (README).
+    safe_below: Decimal = Decimal("38")
     multipliers: dict[Band, Decimal] = field(default_factory=_default_multipliers)
 
     def threshold(self, band: Band) -> Decimal:
@@ -63,9 +64,9 @@ class Bands:
         if not 0 <= self.hysteresis < min(self.caution - self.target, self.danger - self.caution,
                                           self.critical - self.danger, Decimal(5)):
             out.append(f"hysteresis ({self.hysteresis}) must be at least 0 and smaller than the gap between bands")
-        if not self.target < self.safe_below <= self.caution - self.hysteresis:
-            out.append(f"safe_below ({self.safe_below}) must be above target ({self.target}) and at most caution minus "
-                       f"hysteresis ({self.caution - self.hysteresis})")
+        if not 0 < self.safe_below <= self.caution - self.hysteresis:
+            out.append(f"safe_below ({self.safe_below}) must be above 0 and at most caution minus hysteresis "
+                       f"({self.caution - self.hysteresis})")
         if not 0 < self.repay_below < self.caution:
             out.append(f"repay_below ({self.repay_below}) must be above 0 and below caution ({self.caution})")
         for band in Band:

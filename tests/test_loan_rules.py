@@ -44,9 +44,9 @@ def test_bands_going_up_start_exactly_at_their_threshold(ltv, band):
 
 @pytest.mark.parametrize("previous,ltv,band", [
     (Band.CAUTION, "44.5", Band.CAUTION), (Band.CAUTION, "44.0", Band.CAUTION), (Band.CAUTION, "43.99", Band.CAUTION),
-    (Band.CAUTION, "41.0", Band.CAUTION), (Band.CAUTION, "40.99", Band.SAFE),  # the hedge stays on until near target
+    (Band.CAUTION, "38.0", Band.CAUTION), (Band.CAUTION, "37.99", Band.SAFE),  # the hedge stays on until under target
     (Band.DANGER, "47.2", Band.DANGER), (Band.DANGER, "46.99", Band.CAUTION), (Band.DANGER, "43.5", Band.CAUTION),
-    (Band.DANGER, "40.5", Band.SAFE),
+    (Band.DANGER, "37.5", Band.SAFE),
     (Band.CRITICAL, "49.5", Band.CRITICAL), (Band.CRITICAL, "48.99", Band.DANGER),
     (Band.CRITICAL, "46.5", Band.CAUTION), (Band.CRITICAL, "30", Band.SAFE)])
 def test_bands_going_down_need_a_full_point_of_hysteresis(previous, ltv, band):
@@ -56,8 +56,8 @@ def test_bands_going_down_need_a_full_point_of_hysteresis(previous, ltv, band):
 def test_a_smaller_safe_below_is_honoured_and_a_misplaced_one_refused():
     assert band_for(D("43.99"), Band.CAUTION, Bands(safe_below=D("44"))) == Band.SAFE
     assert Bands(safe_below=D("44.5")).problems() == [
-        "safe_below (44.5) must be above target (40) and at most caution minus hysteresis (44)"]
-    assert "safe_below (40)" in Bands(safe_below=D("40")).problems()[0]
+        "safe_below (44.5) must be above 0 and at most caution minus hysteresis (44)"]
+    assert "safe_below (0)" in Bands(safe_below=D("0")).problems()[0]
 
 
 @given(st.lists(st.integers(4400, 4600), min_size=1, max_size=60))

@@ -139,10 +139,11 @@ class LoanGuardWorkflow:
     # -- signals, updates, queries --------------------------------------------------------------
     @workflow.signal(name="price")
     def on_price(self, tick: PriceTick) -> None:
+        # the stream delivers in order; ticks are not ordered against REST polls by their stamps, which come
+        # from different clocks (a replaying emulator stamps market time)
         if tick.source == "feed":
             self.feed_at = workflow.now()
-        if self.tick is None or tick.at >= self.tick.at:
-            self.tick = tick
+        self.tick = tick
         self.wake = True
 
     @workflow.signal
