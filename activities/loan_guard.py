@@ -22,7 +22,6 @@ from activities.loan_ops import LoanOps
 from activities.store import Store
 from activities.venue import OrderRejected, VenueError
 from activities.venues import VenuePool
-from models.ledger import HedgeLedgerEvent
 from models.loan import LoanSnapshot
 from models.loan_guard import (
     FeedInput,
@@ -88,9 +87,7 @@ class LoanGuardActivities:
         except VenueError as err:
             raise as_activity_error(err) from None
         hedge = await asyncio.to_thread(self.store.get_hedge, req.hedge_id)
-        events: list[HedgeLedgerEvent] = await asyncio.to_thread(self.store.events, req.hedge_id) if hedge else []
-        fees = sum((e.fee or ZERO for e in events if e.type == "FEE"), ZERO)
-        funding = sum((e.realised_pnl_delta for e in events if e.type == "FUNDING"), ZERO)
+        fees, funding = await asyncio.to_thread(self.store.costs, req.hedge_id) if hedge else (ZERO, ZERO)
         return HedgeFacts(status=hedge.status if hedge else None, size=hedge.current_size if hedge else ZERO,
                           realised_pnl=hedge.realised_pnl if hedge else ZERO,
                           unrealised_pnl=position.unrealised_pnl or ZERO, fees=fees, funding=funding,

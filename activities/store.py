@@ -251,6 +251,20 @@ class Store:
             return list(session.exec(select(HedgeLedgerEvent).where(HedgeLedgerEvent.hedge_id == hedge_id)
                                      .order_by(HedgeLedgerEvent.id)))
 
+    def costs(self, hedge_id: str) -> tuple[Decimal, Decimal]:
+        """Fees paid and funding received (negative: paid) over the hedge's life, from its ledger."""
+        with self._read() as session:
+            rows = session.exec(select(HedgeLedgerEvent.type, HedgeLedgerEvent.fee, HedgeLedgerEvent.realised_pnl_delta)
+                                .where(HedgeLedgerEvent.hedge_id == hedge_id,
+                                       HedgeLedgerEvent.type.in_([LedgerEventType.FEE, LedgerEventType.FUNDING])))  # type: ignore[attr-defined]
+            fees = funding = Decimal(0)
+            for kind, fee, delta in rows:
+                if kind == LedgerEventType.FEE:
+                    fees += fee or 0
+                else:
+                    funding += delta
+        return fees, funding
+
     def filled_by_order(self, hedge_id: str, client_order_id: str) -> Decimal:
         """How much of one of our orders the ledger has seen filled."""
         with self._read() as session:

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from models.hedge import OrderPolicy
 from risk.loan import Band, Bands
 
+_RULES = Bands()  # one set of band defaults: the rules'; the multipliers below are the tuned ones
 LOAN_ID_PATTERN = r"^[A-Za-z0-9_-]{1,40}$"
 
 
@@ -37,14 +38,14 @@ class BandSettings(BaseModel):
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    target: Decimal = Decimal("40")
-    caution: Decimal = Decimal("45")
-    danger: Decimal = Decimal("48")
-    critical: Decimal = Decimal("50")
-    hysteresis: Decimal = Decimal("1")
-    liquidation: Decimal = Decimal("91")
-    repay_below: Decimal = Decimal("35")
-    safe_below: Decimal = Decimal("38")
+    target: Decimal = _RULES.target
+    caution: Decimal = _RULES.caution
+    danger: Decimal = _RULES.danger
+    critical: Decimal = _RULES.critical
+    hysteresis: Decimal = _RULES.hysteresis
+    liquidation: Decimal = _RULES.liquidation
+    repay_below: Decimal = _RULES.repay_below
+    safe_below: Decimal = _RULES.safe_below
     multiplier_safe: Decimal = Decimal("0")
     multiplier_caution: Decimal = Decimal("1.0")
     multiplier_danger: Decimal = Decimal("1.2")

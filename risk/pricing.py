@@ -16,6 +16,11 @@ from dataclasses import dataclass
 from decimal import ROUND_CEILING, ROUND_DOWN, ROUND_FLOOR, Decimal
 from enum import StrEnum
 
+
+def round_down_to_step(qty: Decimal, step: Decimal) -> Decimal:
+    """Whole lots of `step`, never more than asked for."""
+    return (qty / step).to_integral_value(rounding=ROUND_DOWN) * step
+
 BPS = Decimal("0.0001")
 
 
@@ -113,7 +118,7 @@ def next_order(*, target: Decimal, current: Decimal, hedge_side: str, qty_step: 
         qty = abs(diff)
     if max_order_qty is not None:
         qty = min(qty, max_order_qty)
-    qty = (qty / qty_step).to_integral_value(rounding=ROUND_DOWN) * qty_step
+    qty = round_down_to_step(qty, qty_step)
     if qty < min_qty:
         return None
     return OrderStep(side=side, qty=qty, reduce_only=reduce_only)

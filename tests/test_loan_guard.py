@@ -10,9 +10,9 @@ import pytest
 
 from models.hedge import HedgeView, OrderPolicy
 from models.loan_guard import feed_workflow_id
+from risk.pricing import round_down_to_step as lots
 from tests.loan_helpers import FAST, end_loan_workflows, enrol, open_loan, record_if_asked, wait_loan
 from workflows.hedge import HedgeWorkflow
-from workflows.loan_guard import lots
 
 FAST_HEDGE = OrderPolicy(replace_after_s=5, fill_check_s=1, reconcile_every_s=30)
 

@@ -13,6 +13,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, CancelledError
 
+from workflows.common import continue_as_new_due
+
 with workflow.unsafe.imports_passed_through():
     from models.loan_guard import FeedInput, FeedSubscription, FeedSubscriptions, FeedUnsubscribe, FeedWatch
 
@@ -73,8 +75,7 @@ class PriceFeedWorkflow:
                 workflow.logger.warning("feed %s %s stopped: %s", inp.venue, inp.symbol, err)
 
     def _should_continue_as_new(self) -> bool:
-        info = workflow.info()
-        return info.is_continue_as_new_suggested() or info.get_current_history_length() >= CONTINUE_AS_NEW_AFTER
+        return continue_as_new_due(CONTINUE_AS_NEW_AFTER)
 
     def _show(self) -> None:
         loans = ", ".join(sorted(self.subs)) or "none"

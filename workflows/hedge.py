@@ -25,6 +25,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
+from workflows.common import alert_once, continue_as_new_due
+
 with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
     from models.hedge import (
@@ -61,7 +63,6 @@ VENUE_CALL = dict(start_to_close_timeout=timedelta(seconds=30), schedule_to_clos
                                            maximum_interval=timedelta(seconds=10)))
 STORE_CALL = dict(start_to_close_timeout=timedelta(seconds=15),
                   retry_policy=RetryPolicy(maximum_interval=timedelta(seconds=10)))
-ALERT_CALL = dict(start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=timedelta(hours=1))
 
 
 def client_order_id(hedge_id: str, seq: int, tag: str = "") -> str:
@@ -473,9 +474,7 @@ class HedgeWorkflow:
         return [s.kind for s in self.policy.ladder]
 
     def _should_continue_as_new(self) -> bool:
-        info = workflow.info()
-        limit = self.inp.continue_as_new_after or CONTINUE_AS_NEW_AFTER
-        return info.is_continue_as_new_suggested() or info.get_current_history_length() >= limit
+        return continue_as_new_due(self.inp.continue_as_new_after or CONTINUE_AS_NEW_AFTER)
 
     def _carry(self) -> HedgeCarry:
         return HedgeCarry(client_tag=self.client_tag, risk_seq=self.risk_seq, forced=self.forced,
@@ -486,13 +485,8 @@ class HedgeWorkflow:
                           unrealised_pnl=self.unrealised, open_order=self.open_order)
 
     def _alert(self, severity: str, kind: str, title: str, text: str) -> None:
-        """Raise once per condition (a new text is a new condition); delivery never blocks the loop."""
-        if self._alerted.get(kind) == text:
-            return
-        self._alerted[kind] = text
-        workflow.start_activity("raise_alert", Alert(
-            severity=severity, key=f"{self.ref.hedge_id}:{kind}", title=title, text=text, book=self.inp.book,
-            exposure_id=self.inp.exposure_id), **ALERT_CALL)
+        alert_once(self._alerted, kind, Alert(severity=severity, key=f"{self.ref.hedge_id}:{kind}", title=title, text=text,
+                                              book=self.inp.book, exposure_id=self.inp.exposure_id))
 
     def _show(self) -> None:
         """Keep the Temporal UI current: search attributes when they change, details always."""

@@ -24,6 +24,8 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 
+from workflows.common import ALERT_CALL, alert_once, continue_as_new_due
+
 with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
     from models.hedge import Alert, HedgeInput, TargetChange
@@ -63,6 +65,7 @@ with workflow.unsafe.imports_passed_through():
         risk_price,
         urgency_for,
     )
+    from risk.pricing import round_down_to_step
 
 ZERO = Decimal(0)
 QTY_STEP = Decimal("0.001")  # until the hedge's market facts are read
@@ -74,11 +77,6 @@ MONEY_CALL = dict(start_to_close_timeout=timedelta(seconds=60), schedule_to_clos
                   retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=15)))
 # add-margin has no client id: one attempt, and the next facts read decides whether more is needed
 TOPUP_CALL = dict(start_to_close_timeout=timedelta(seconds=30), retry_policy=RetryPolicy(maximum_attempts=1))
-ALERT_CALL = dict(start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=timedelta(hours=1))
-
-
-def lots(qty: Decimal, step: Decimal) -> Decimal:
-    return (qty / step).to_integral_value(rounding=ROUND_DOWN) * step
 
 
 def summary_line(loan_id: str, ltv: Decimal | None, band: Band, short_btc: Decimal) -> str:
@@ -343,7 +341,7 @@ class LoanGuardWorkflow:
 
     def _target_for(self, band: Band) -> tuple[Decimal, str]:
         step = self.facts.qty_step if self.facts else QTY_STEP
-        return lots(hedge_target_btc(self.collateral, band, self.cfg.bands()), step), urgency_for(band)
+        return round_down_to_step(hedge_target_btc(self.collateral, band, self.cfg.bands()), step), urgency_for(band)
 
     def _target(self) -> tuple[Decimal, str]:
         band_target, urgency = self._target_for(self.band)
@@ -437,7 +435,7 @@ class LoanGuardWorkflow:
         due = realisation_due(facts.unrealised_pnl, self.ltv, self.principal + self.interest, self.collateral, price,
                               self.cfg.bands(), minimum_usdt=self.inp.timing.min_treasury_usdt,
                               always_repay=self.inp.always_repay)
-        qty = lots(short * due / facts.unrealised_pnl, facts.qty_step) if due > 0 else ZERO
+        qty = round_down_to_step(short * due / facts.unrealised_pnl, facts.qty_step) if due > 0 else ZERO
         if qty >= facts.min_qty:
             self.realising = RealiseState(qty=qty, reduce_to=max(ZERO, target - qty), started_at=now)
             self.realisations += 1
@@ -591,9 +589,7 @@ class LoanGuardWorkflow:
         self.wake = False
 
     def _should_continue_as_new(self) -> bool:
-        info = workflow.info()
-        limit = self.inp.continue_as_new_after or CONTINUE_AS_NEW_AFTER
-        return info.is_continue_as_new_suggested() or info.get_current_history_length() >= limit
+        return continue_as_new_due(self.inp.continue_as_new_after or CONTINUE_AS_NEW_AFTER)
 
     def _carry(self) -> LoanCarry:
         return LoanCarry(band=int(self.band), principal=self.principal, interest=self.interest,
@@ -608,13 +604,8 @@ class LoanGuardWorkflow:
                          hedge_paused_sent=self.hedge_paused_sent, pending=self.pending)
 
     def _alert(self, severity: str, kind: str, title: str, text: str) -> None:
-        """Raise once per condition (a new text is a new condition); delivery never blocks the loop."""
-        if self._alerted.get(kind) == text:
-            return
-        self._alerted[kind] = text
-        workflow.start_activity("raise_alert", Alert(severity=severity, key=f"loan-{self.inp.loan_id}:{kind}", title=title,
-                                                     text=text, book=Book.LOAN.value, exposure_id=self.inp.loan_id),
-                                **ALERT_CALL)
+        alert_once(self._alerted, kind, Alert(severity=severity, key=f"loan-{self.inp.loan_id}:{kind}", title=title,
+                                              text=text, book=Book.LOAN.value, exposure_id=self.inp.loan_id))
 
     def _show(self) -> None:
         """Search attributes when they change (LTV in half-point steps), details always."""

@@ -1,0 +1,27 @@
+"""What every long-running hedgeguard workflow does alike: raise an alert once per condition without
+waiting for its delivery, and continue as new when the history grows long."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from temporalio import workflow
+
+with workflow.unsafe.imports_passed_through():
+    from models.hedge import Alert
+
+ALERT_CALL = dict(start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=timedelta(hours=1))
+
+
+def alert_once(raised: dict[str, str], kind: str, alert: Alert) -> None:
+    """Raise `alert` unless the same text was last raised for `kind` (a new text is a new condition)."""
+    if raised.get(kind) == alert.text:
+        return
+    raised[kind] = alert.text
+    workflow.start_activity("raise_alert", alert, **ALERT_CALL)
+
+
+def continue_as_new_due(limit: int) -> bool:
+    """The server suggests it (4,096 events by default), or the history reached `limit` events."""
+    info = workflow.info()
+    return info.is_continue_as_new_suggested() or info.get_current_history_length() >= limit
