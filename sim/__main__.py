@@ -1,4 +1,5 @@
-"""`python -m sim`: the paper venues on loopback, printing one `NAME URL` line per service.
+"""`python -m sim`: the paper venues on loopback, printing one `NAME URL` line per service once all listen
+(control, bybit, binanceusdm, then the chat emulators slack, telegram, smtp).
 
     python -m sim                                   static price (last close of the real hourly file)
     python -m sim --replay ../shared/data/btcusdt_binance_perp_1m_2020-03-12_crash.csv --speed 60
@@ -14,7 +15,7 @@ from datetime import datetime
 from decimal import Decimal
 
 from sim.replay import parse_ts
-from sim.server import DEFAULT_PORTS, VENUES, Simulator
+from sim.server import CHAT_SERVICES, DEFAULT_PORTS, VENUES, Simulator
 
 
 def _ts(text: str) -> datetime:
@@ -30,7 +31,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--venues", default=",".join(VENUES), help="comma list (default: all)")
     p.add_argument("--host", default="127.0.0.1")
     for name, port in DEFAULT_PORTS.items():
-        p.add_argument(f"--{name}-port", type=int, default=port, dest=f"{name}_port", help=f"default {port}; 0 = any")
+        if name in CHAT_SERVICES:  # None: follows --control-port (sim.server.resolve_ports)
+            p.add_argument(f"--{name}-port", type=int, default=None, dest=f"{name}_port",
+                           help=f"default {port} when --control-port is {DEFAULT_PORTS['control']}, else any; 0 = any")
+        else:
+            p.add_argument(f"--{name}-port", type=int, default=port, dest=f"{name}_port",
+                           help=f"default {port}; 0 = any")
     p.add_argument("--replay", metavar="FILE", help="OHLC CSV (1m or 1h, .csv or .csv.gz) from ../shared/data")
     p.add_argument("--speed", type=float, default=60.0, help="replay speed factor (default 60: a minute a second)")
     p.add_argument("--start", type=_ts, help="replay start time (default: the file's first bar)")

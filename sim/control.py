@@ -11,6 +11,10 @@
                                          ws_drop|latency","count":3[,"path":"order/create","hold_s":3,"ms":200]}
                                         {"venue":"bybit","kind":"ws_silence","seconds":5}   public websocket pushes
                                          stop for that long, sockets stay open (a stale feed)
+                                        {"venue":"slack|telegram|smtp","kind":"rate_limit","count":1,"retry_after":2}
+                                        {"venue":"smtp","kind":"http500|down","count":1}   {"kind":"down","seconds":5}
+                                         chat faults refuse sends only (chat.postMessage, sendMessage, SMTP MAIL)
+                                         unless a "path" names the call ("getUpdates", "DATA")
     GET|DELETE /control/faults          pending faults / clear them
     GET  /control/orders?venue=bybit[&account=]   every order ever received
     GET  /control/fills?venue=&account=           every execution (trades, funding, liquidations)
@@ -24,6 +28,11 @@
     POST /control/funding               {"symbol":"BTCUSDT"[,"rate":"0.0001"]}   settle funding now
     POST /control/config                {"venue":"bybit","maker_fill_qty":"0.01",...}
     GET  /control/liquidations          forced liquidations of hedges and loans
+    GET|DELETE /control/chat/messages[?service=slack|telegram|email]   what the chat emulators were sent
+    POST /control/chat/telegram/incoming {"chat_id":111111,"text":"/pause L-1"[,"username":"owner"]}
+                                        a person writes to the bot: an update for getUpdates
+    GET  /control/chat/smtp/cert        the SMTP emulator's TLS certificate (PEM), for a client to trust
+    GET  /chat                          a page of the chat messages, newest first, for a person
 """
 
 from __future__ import annotations
@@ -35,9 +44,10 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
+from sim.chat import page
 from sim.common import BODY, json_response, num
 from sim.engine import Account, Order
-from sim.faults import KINDS
+from sim.faults import CHAT_VENUES, KINDS
 from sim.replay import parse_ts
 
 if TYPE_CHECKING:
@@ -106,6 +116,11 @@ class ControlApp:
         r.add_post("/control/funding", self.funding)
         r.add_post("/control/config", self.config)
         r.add_get("/control/liquidations", self.liquidations)
+        r.add_get("/control/chat/messages", self.chat_messages)
+        r.add_delete("/control/chat/messages", self.chat_clear)
+        r.add_post("/control/chat/telegram/incoming", self.telegram_incoming)
+        r.add_get("/control/chat/smtp/cert", self.smtp_cert)
+        r.add_get("/chat", self.chat_page)
         return app
 
     @web.middleware
@@ -204,8 +219,8 @@ class ControlApp:
     async def fault(self, request: web.Request) -> web.Response:
         body = dict(request[BODY])
         venue = body.pop("venue", None)
-        if venue not in self.sim.engines:
-            raise ControlError(f"venue must be one of {', '.join(self.sim.engines)}")
+        if venue not in self.sim.engines and venue not in CHAT_VENUES:
+            raise ControlError(f"venue must be one of {', '.join([*self.sim.engines, *CHAT_VENUES])}")
         kind = body.pop("kind", None)
         if kind not in KINDS:
             raise ControlError(f"kind must be one of {', '.join(KINDS)}")
@@ -324,3 +339,31 @@ class ControlApp:
         loans = [{"account": loan.account, **loan.liquidation} for loan in self.sim.loans.loans.values()
                  if loan.liquidation]
         return json_response({"hedges": hedges, "loans": loans})
+
+    # -- chat -----------------------------------------------------------------------------------
+    async def chat_messages(self, request: web.Request) -> web.Response:
+        return json_response({"messages": self.sim.chat.messages(request.query.get("service"))})
+
+    async def chat_clear(self, request: web.Request) -> web.Response:
+        self.sim.chat.clear()
+        return json_response({"messages": []})
+
+    async def telegram_incoming(self, request: web.Request) -> web.Response:
+        body = request[BODY]
+        try:
+            chat_id = int(body.get("chat_id"))
+        except (TypeError, ValueError):
+            raise ControlError("chat_id must be an integer") from None
+        username = body.get("username")
+        update_id = self.sim.chat.telegram.incoming(chat_id, str(body.get("text") or ""),
+                                                    str(username) if username else None)
+        return json_response({"update_id": update_id})
+
+    async def smtp_cert(self, request: web.Request) -> web.Response:
+        pem = self.sim.chat.smtp_cert_pem
+        if pem is None:
+            raise ControlError("the SMTP emulator is not running")
+        return web.Response(text=pem, content_type="text/plain")
+
+    async def chat_page(self, request: web.Request) -> web.Response:
+        return web.Response(text=page(self.sim.chat.messages()), content_type="text/html")

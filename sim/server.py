@@ -17,6 +17,7 @@ from aiohttp import web
 
 from sim.binance import BinanceApp
 from sim.bybit import BybitApp
+from sim.chat import ChatHub
 from sim.common import VenueContext
 from sim.engine import Engine, EngineConfig
 from sim.faults import CallLog, Faults
@@ -26,7 +27,9 @@ from sim.market import Market
 from sim.replay import DATA_DIR, FUNDING_FILE, FundingHistory, Replay
 
 VENUES = ("bybit", "binanceusdm")
-DEFAULT_PORTS = {"control": 18080, "bybit": 18081, "binanceusdm": 18082}
+CHAT_SERVICES = ("slack", "telegram", "smtp")
+DEFAULT_PORTS = {"control": 18080, "bybit": 18081, "binanceusdm": 18082, "slack": 18083, "telegram": 18084,
+                 "smtp": 18025}
 HOUR = timedelta(hours=1)
 
 
@@ -38,6 +41,16 @@ def last_close(path: Path) -> tuple[Decimal, str]:
     with gzip.open(path, "rt") as fh:
         last = fh.read().rstrip().rsplit("\n", 1)[-1].split(",")
     return Decimal(last[4]), last[0]
+
+
+def resolve_ports(given: dict[str, int] | None) -> dict[str, int]:
+    """The caller's ports over the defaults. A chat service left out follows the control port: its fixed port
+    beside a control API on 18080 (`make run`), any free port (0) beside one elsewhere, so tests and second
+    stacks that move the simulator never collide with a running stack on 18083, 18084, 18025."""
+    given = {name: port for name, port in (given or {}).items() if port is not None}
+    moved = given.get("control", DEFAULT_PORTS["control"]) != DEFAULT_PORTS["control"]
+    return {name: given.get(name, 0 if moved and name in CHAT_SERVICES else port)
+            for name, port in DEFAULT_PORTS.items()}
 
 
 def default_prices(data_dir: Path = DATA_DIR) -> tuple[dict[str, Decimal], dict[str, str]]:
@@ -75,6 +88,7 @@ class Simulator:
                                          hold_timeout_s=hold_timeout_s) for v in VENUES}
         self.bybit = BybitApp(self.contexts["bybit"])
         self.binance = BinanceApp(self.contexts["binanceusdm"])
+        self.chat = ChatHub(self.faults)
         self.replay: Replay | None = None
         self._funding: FundingHistory | None = None
         self._settled_through = self.market.clock.now()
@@ -85,15 +99,19 @@ class Simulator:
 
     # -- lifecycle ------------------------------------------------------------------------------
     async def start(self, *, host: str = "127.0.0.1", ports: dict[str, int] | None = None,
-                    venues: tuple[str, ...] = VENUES) -> dict[str, str]:
+                    venues: tuple[str, ...] = VENUES, chat: bool = True) -> dict[str, str]:
+        """Serve the control API, the venues and (chat=True) Slack, Telegram and SMTP; see resolve_ports."""
         from sim.control import ControlApp
 
-        ports = {**DEFAULT_PORTS, **(ports or {})}
+        ports = resolve_ports(ports)
         apps = {"control": ControlApp(self).build()}
         if "bybit" in venues:
             apps["bybit"] = self.bybit.build()
         if "binanceusdm" in venues:
             apps["binanceusdm"] = self.binance.build()
+        if chat:
+            apps["slack"] = self.chat.slack.build()
+            apps["telegram"] = self.chat.telegram.build()
         for name, app in apps.items():
             runner = web.AppRunner(app, access_log=None, handle_signals=False)
             await runner.setup()
@@ -102,6 +120,8 @@ class Simulator:
             port = runner.addresses[0][1]
             self._runners.append(runner)
             self.urls[name] = f"http://{host}:{port}"
+        if chat:
+            self.urls["smtp"] = f"smtp://{host}:{await self.chat.smtp.start(host, ports['smtp'])}"
         self._loop_task = asyncio.create_task(self._loop())
         return dict(self.urls)
 
@@ -109,6 +129,7 @@ class Simulator:
         if self._loop_task:
             self._loop_task.cancel()
         self.bybit.drop_websockets()
+        await self.chat.close()
         for runner in self._runners:
             await runner.cleanup()
         self._runners.clear()
