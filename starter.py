@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import getpass
 import json
 import os
 import re
@@ -222,14 +223,20 @@ async def cmd_hedge_state(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def operator(reason: str = "operator") -> str:
+    """Who sent a command, as the action summary tells it: `starter.py (alice)`, plus a reason if given."""
+    who = f"starter.py ({getpass.getuser()})"
+    return who if reason == "operator" else f"{who}: {reason}"
+
+
 async def cmd_hedge_signal(args: argparse.Namespace, settings: Settings) -> int:
     handle = await _hedge_handle(settings, args.hedge_id)
     if args.hedge_command == "pause":
-        await handle.signal(HedgeWorkflow.pause)
+        await handle.signal(HedgeWorkflow.pause, operator())
     elif args.hedge_command == "resume":
-        await handle.signal(HedgeWorkflow.resume)
+        await handle.signal(HedgeWorkflow.resume, operator())
     else:
-        await handle.signal(HedgeWorkflow.force_close, args.reason)
+        await handle.signal(HedgeWorkflow.force_close, operator(args.reason))
     done = {"pause": "paused", "resume": "resumed", "force-close": "closing"}[args.hedge_command]
     emit(args, {"hedge_id": args.hedge_id, "sent": args.hedge_command}, f"hedge {args.hedge_id}: {done}")
     return 0
@@ -534,13 +541,13 @@ async def cmd_loan_list(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_loan_signal(args: argparse.Namespace, settings: Settings) -> int:
     handle = await _loan_handle(settings, args.loan_id)
     if args.loan_command == "pause":
-        await handle.signal(LoanGuardWorkflow.pause)
+        await handle.signal(LoanGuardWorkflow.pause, operator())
         text = "paused: watching and alerting, trading nothing and moving no money until resume"
     elif args.loan_command == "resume":
-        await handle.signal(LoanGuardWorkflow.resume)
+        await handle.signal(LoanGuardWorkflow.resume, operator())
         text = "resumed"
     else:
-        await handle.signal(LoanGuardWorkflow.force_close, args.reason)
+        await handle.signal(LoanGuardWorkflow.force_close, operator(args.reason))
         text = "closing its hedge now (and paused: `loan resume` opens a new hedge)"
     emit(args, {"loan_id": args.loan_id, "sent": args.loan_command}, f"loan {args.loan_id}: {text}")
     return 0

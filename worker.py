@@ -17,7 +17,8 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
-from activities import build_activities
+from activities import build_activities, build_alert_activities
+from activities.notify import ChatChannels, Redactor
 from activities.store import Store
 from activities.temporal_client import (
     SearchAttributesMissing,
@@ -27,8 +28,9 @@ from activities.temporal_client import (
     metrics_runtime,
 )
 from activities.venues import VenuePool
+from models.alerts import TELEGRAM_COMMANDS_ID, CommandPoll, alerts_queue
 from models.settings import Settings, SettingsError, load_settings
-from workflows import ALL_WORKFLOWS
+from workflows import ALERT_WORKFLOWS, ALL_WORKFLOWS
 
 log = logging.getLogger("hedgeguard.worker")
 
@@ -51,6 +53,46 @@ def build_worker(client: Client, settings: Settings, store: Store, venues: Venue
     )
 
 
+def build_alert_worker(client: Client, settings: Settings, channels: ChatChannels, *,
+                       task_queue: str | None = None) -> Worker:
+    """Alert delivery and Telegram commands, on the alerts task queue next to `task_queue`."""
+    return Worker(
+        client,
+        task_queue=alerts_queue(task_queue or settings.task_queue),
+        workflows=ALERT_WORKFLOWS,
+        activities=build_alert_activities(settings, channels),
+        workflow_runner=SANDBOX,
+        max_cached_workflows=1000,
+        graceful_shutdown_timeout=timedelta(seconds=5),
+    )
+
+
+async def start_telegram_commands(client: Client, settings: Settings, *, task_queue: str | None = None) -> bool:
+    """The command poller runs while Telegram has a token and someone may command; one per deployment."""
+    if "telegram" not in settings.chat_services() or not settings.command_chats():
+        return False
+    from temporalio.common import WorkflowIDConflictPolicy
+
+    await client.start_workflow("TelegramCommandsWorkflow", CommandPoll(), id=TELEGRAM_COMMANDS_ID,
+                                task_queue=alerts_queue(task_queue or settings.task_queue),
+                                id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING)
+    return True
+
+
+def alert_status(settings: Settings) -> str:
+    """One line saying where alerts go, and a warning per routed channel that cannot deliver."""
+    ready, parts = settings.chat_services(), []
+    if "slack" in ready:
+        parts.append(f"slack {settings.slack_channel}")
+    if "telegram" in ready:
+        parts.append(f"telegram {len(settings.telegram_chat_ids)} chat(s)")
+    if "email" in ready and settings.email_to:
+        parts.append(f"email {len(settings.email_to)} address(es) via {settings.smtp_address}")
+    for gap in settings.alert_gaps():
+        log.warning("alerts: %s", gap)
+    return ", ".join(parts) or "log only"
+
+
 async def serve(settings: Settings, *, connect_wait_s: float) -> None:
     store = Store(settings.database_url)
     revision = await asyncio.to_thread(store.migrate)
@@ -60,19 +102,24 @@ async def serve(settings: Settings, *, connect_wait_s: float) -> None:
     if added:
         log.info("registered search attributes %s in namespace %s", ", ".join(added), settings.temporal_namespace)
     venues = VenuePool(settings)
+    channels = ChatChannels(settings)
     worker = build_worker(client, settings, store, venues)
+    alert_worker = build_alert_worker(client, settings, channels)
+    commands = await start_telegram_commands(client, settings)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with worker:
+    async with worker, alert_worker:
         metrics = f"http://{settings.metrics_bind}/metrics" if settings.metrics_bind else "off"
         print(f"hedgeguard worker ready: mode {settings.mode}, task queue {settings.task_queue!r} on "
               f"{settings.temporal_address}/{settings.temporal_namespace}, {len(ALL_WORKFLOWS)} workflows, "
               f"store schema {revision}, metrics {metrics}", flush=True)
+        print(f"alerts: {alert_status(settings)}; Telegram commands {'on' if commands else 'off'}", flush=True)
         await stop.wait()
         print("hedgeguard worker stopping (finishing running activities, up to 10 s)", flush=True)
     await venues.close()
+    await channels.close()
     store.close()
 
 
@@ -85,6 +132,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings()
+        redactor = Redactor(settings.secret_values())
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(redactor)
         asyncio.run(serve(settings, connect_wait_s=args.connect_wait))
     except (SettingsError, TemporalUnreachable, SearchAttributesMissing) as exc:
         print(f"worker.py: {exc}", file=sys.stderr, flush=True)

@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from decimal import Decimal
 from typing import Any
 
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities.alerts import AlertActivities
 from activities.store import Store, StoreError
 from activities.venue import OrderRejected, VenueError, VenueRateLimited
 from activities.venues import VenuePool
 from models.hedge import (
+    Alert,
     EnsureHedge,
     FillSummary,
     HedgeRecord,
@@ -31,9 +34,9 @@ from models.hedge import (
     SyncRequest,
     SyncResult,
 )
-from models.ledger import HedgeStatus
+from models.ledger import Hedge, HedgeStatus
 from models.venue import OrderRequest, OrderState, OrderType, TimeInForce
-from models.venue_events import VenueFill
+from models.venue_events import VenueFill, input_hash
 
 SYNC_ATTEMPTS = 4  # an order's fills may show in the venue's trade list a moment after the order does
 
@@ -47,9 +50,37 @@ def as_activity_error(error: VenueError) -> ApplicationError:
 
 
 class HedgeActivities:
-    def __init__(self, store: Store, venues: VenuePool) -> None:
+    def __init__(self, store: Store, venues: VenuePool, alerts: AlertActivities | None = None) -> None:
         self.store = store
         self.venues = venues
+        self.alerts = alerts
+
+    async def _fill_summaries(self, hedge: Hedge, fills: list[VenueFill]) -> None:
+        """One message per order with new fills: side, size, average price, fees, and the position after.
+        Only fills this call wrote are told, so a retried sync tells nothing twice."""
+        assert self.alerts is not None
+        info = activity.info()
+        by_order: dict[str, list[VenueFill]] = {}
+        for fill in fills:
+            by_order.setdefault(fill.client_order_id or fill.order_id or fill.fill_id, []).append(fill)
+        for order, group in by_order.items():
+            qty = sum((f.qty for f in group), Decimal(0))
+            avg = sum((f.qty * f.price for f in group), Decimal(0)) / qty
+            fees = ", ".join(f"{sum((f.fee for f in group if f.fee_asset == a), Decimal(0))} {a}"
+                             for a in sorted({f.fee_asset for f in group}))
+            first = min(group, key=lambda f: f.ts)
+            how = "liquidated" if any(f.liquidation for f in group) else "filled"
+            key = f"{hedge.id}:fill:{input_hash(first.identity)[:16]}"
+            alert = Alert(severity="CRITICAL" if how == "liquidated" else "INFO", category="action", key=key,
+                          title=f"hedge {hedge.id}: {first.side.upper()} {qty} {hedge.symbol} {how}",
+                          text=(f"{first.side.upper()} {qty} {hedge.symbol} at {avg.quantize(Decimal('0.01'))} average "
+                                f"({len(group)} fill{'s' if len(group) > 1 else ''}, order {order}), fees {fees}; "
+                                f"position now {hedge.current_size} on {hedge.venue}:{hedge.account}"),
+                          book=hedge.book, exposure_id=hedge.exposure_id)
+            try:
+                await self.alerts.notify(activity.client(), alert, raise_id=key, task_queue=info.task_queue)
+            except Exception as exc:  # the ledger has the fills; a lost summary must not fail the sync
+                activity.logger.warning("fill summary for %s not raised: %s", key, exc)
 
     async def _venue(self, venue: str, account: str):
         try:
@@ -128,12 +159,14 @@ class HedgeActivities:
         ref = req.ref
         venue = await self._venue(ref.venue, ref.account)
         cursor, written, fills = req.cursor, 0, []
+        new_fills: list[VenueFill] = []
         try:
             for attempt in range(SYNC_ATTEMPTS):
                 page = await venue.events_since(ref.symbol, cursor, since_ms=req.since_ms)
                 events = sorted([*page.fills, *page.funding], key=lambda e: e.ts)
                 ingested = await asyncio.to_thread(self.store.record, ref.hedge_id, events)
                 written += ingested.written
+                new_fills += ingested.fills
                 fills += page.fills
                 cursor = page.cursor
                 missing = [cid for cid, filled in req.expect_filled.items()
@@ -141,7 +174,9 @@ class HedgeActivities:
                 if missing and attempt >= 1:  # not in the account's list (yet): ask for the order's own fills
                     for cid in missing:
                         own = await venue.fills_for_order(ref.symbol, cid)
-                        written += (await asyncio.to_thread(self.store.record, ref.hedge_id, own)).written
+                        ingested = await asyncio.to_thread(self.store.record, ref.hedge_id, own)
+                        written += ingested.written
+                        new_fills += ingested.fills
                         fills += own
                     missing = [cid for cid, filled in req.expect_filled.items()
                                if await asyncio.to_thread(self.store.filled_by_order, ref.hedge_id, cid) < filled]
@@ -168,6 +203,8 @@ class HedgeActivities:
             await asyncio.to_thread(self.store.record_sync, ref.hedge_id, source=f"{ref.venue} rest",
                                     venue_size=venue_size, fills_cursor=cursor, mismatch=mismatch,
                                     snapshot={"venue_size": str(venue_size), "ledger_size": str(hedge.current_size)})
+        if new_fills and self.alerts is not None:
+            await self._fill_summaries(hedge, new_fills)
         last: VenueFill | None = max(fills, key=lambda f: f.ts) if fills else None
         return SyncResult(
             current=hedge.current_size, cursor=cursor, new_events=written,

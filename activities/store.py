@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
@@ -43,6 +43,7 @@ class Ingested:
 
     written: int
     duplicates: int
+    fills: list[VenueFill] = field(default_factory=list)  # the fills this call wrote (not those already in)
 
 
 def _now() -> datetime:
@@ -189,6 +190,7 @@ class Store:
     def record(self, hedge_id: str, events: Sequence[VenueEvent]) -> Ingested:
         """Append the ledger events for venue events, skipping any already recorded (by input_hash)."""
         written = duplicates = 0
+        fills: list[VenueFill] = []
         with self._write() as session:
             hedge = self._locked(session, hedge_id)
             position = _position(hedge)
@@ -207,8 +209,10 @@ class Store:
                     position = apply(position, delta)
                     session.add(row)
                     written += 1
-                if isinstance(venue_event, VenueFill) and hedge.opened_at is None:
-                    hedge.opened_at = venue_event.ts
+                if isinstance(venue_event, VenueFill):
+                    fills.append(venue_event)
+                    if hedge.opened_at is None:
+                        hedge.opened_at = venue_event.ts
                 session.flush()  # the unique index sees each event before the next is checked
             if written:
                 hedge.current_size, hedge.cost_basis = position.size, position.cost_basis
@@ -219,7 +223,7 @@ class Store:
                     hedge.status = HedgeStatus.OPEN
                 hedge.updated_at = _now()
                 session.add(hedge)
-        return Ingested(written=written, duplicates=duplicates)
+        return Ingested(written=written, duplicates=duplicates, fills=fills)
 
     @staticmethod
     def _rows(hedge_id: str, venue_event: VenueEvent, position: Position) -> list[tuple[Delta, HedgeLedgerEvent]]:

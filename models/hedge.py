@@ -264,7 +264,9 @@ class QuoteFacts(BaseModel):
 
 
 class Alert(BaseModel):
-    """Something a person should know. `key` groups repeats of the same condition."""
+    """Something a person should know. `key` groups repeats of the same condition: repeats inside the
+    de-duplication window are counted, not sent, unless the severity rises. An "action" (an order filled, a
+    treasury move, an operator command) is one message per event and is never folded into another."""
 
     severity: str = Field(pattern="^(INFO|WARNING|CRITICAL)$")
     key: str
@@ -272,3 +274,7 @@ class Alert(BaseModel):
     text: str
     book: str | None = None
     exposure_id: str | None = None
+    category: str = Field("alert", pattern="^(alert|action)$")
+    topic: str | None = None  # how a summary of repeats names them, e.g. "LTV alerts for L-1"
+    figure: Decimal | None = None  # the number repeats are compared by (higher is worse), e.g. the LTV
+    figure_unit: str = ""

@@ -17,7 +17,10 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from models.alerts import DEFAULT_ROUTES, AlertRouting, Recipients, parse_routes
+
 ENV_PREFIX = "HEDGEGUARD_"
+CHAT_SECRETS = {"slack": "bot_token", "telegram": "bot_token", "smtp": "password"}
 VENUES = ("bybit", "binanceusdm", "hyperliquid", "polymarket")
 _ACCOUNT_RE = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 _HOSTPORT_RE = re.compile(r"^[A-Za-z0-9.\-\[\]:]+:\d{1,5}$")
@@ -82,6 +85,125 @@ class Settings(BaseSettings):
     paper_binanceusdm_url: str = Field("http://127.0.0.1:18082", description="the Binance USD-M emulator")
     paper_balance_usdt: Decimal = Field(Decimal("100000"), gt=0, description="USDT a new paper account starts with")
     venue_timeout_ms: int = Field(10_000, ge=1000, le=120_000, description="how long a venue request may take")
+    # alerts: routes and recipients here; tokens and the SMTP password only from the environment or the
+    # secrets file (chat_secret), never settings fields
+    alert_routes: str = Field("", description="SEVERITY=channel,... overrides, e.g. WARNING=slack;CRITICAL=slack,email")
+    alerts_file: Path | None = Field(None, description="TOML with per-book and per-exposure alert routes")
+    alert_window_s: int = Field(300, ge=0, le=86_400, description="an alert key is sent at most once per window")
+    alert_digest: str = Field("slack", description="channel for the daily digest of INFO alerts; empty: off")
+    alert_digest_hour_utc: int = Field(8, ge=0, le=23)
+    slack_channel: str = Field("#hedgeguard-alerts", description="the desk's Slack channel")
+    telegram_chat_ids: Annotated[list[int], NoDecode] = Field(default_factory=list, description="chats alerts go to")
+    telegram_command_chat_ids: Annotated[list[int] | None, NoDecode] = Field(
+        None, description="chats whose /pause, /resume, /forceclose are obeyed (default: telegram_chat_ids)")
+    email_to: Annotated[list[str], NoDecode] = Field(default_factory=list, description="addresses alerts go to")
+    email_from: str = Field("hedgeguard@localhost")
+    smtp_address: str = Field("127.0.0.1:18025", description="host:port of the SMTP server (STARTTLS)")
+    smtp_user: str = Field("", description="SMTP login; the password is HEDGEGUARD_SMTP_PASSWORD")
+    smtp_starttls: bool = True
+    smtp_ca_file: Path | None = Field(None, description="CA bundle to verify the SMTP server with (default: system)")
+    paper_slack_url: str = Field("http://127.0.0.1:18083", description="the Slack emulator")
+    paper_telegram_url: str = Field("http://127.0.0.1:18084", description="the Telegram emulator")
+
+    @field_validator("telegram_chat_ids", "telegram_command_chat_ids", mode="before")
+    @classmethod
+    def _chat_ids(cls, value: object) -> object:
+        if isinstance(value, str):
+            try:
+                return [int(v) for v in value.replace(";", ",").split(",") if v.strip()]
+            except ValueError:
+                raise ValueError(f"{value!r}: chat ids are integers, comma separated") from None
+        return value
+
+    @field_validator("email_to", mode="before")
+    @classmethod
+    def _emails(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        for address in value if isinstance(value, list) else []:
+            if not re.match(r"^[^@\s]+@[^@\s]+$", str(address)):
+                raise ValueError(f"{address!r} is not an email address")
+        return value
+
+    @field_validator("alert_routes")
+    @classmethod
+    def _routes(cls, value: str) -> str:
+        parse_routes(value)
+        return value
+
+    @field_validator("alert_digest")
+    @classmethod
+    def _digest(cls, value: str) -> str:
+        if value and value not in ("slack", "telegram", "email"):
+            raise ValueError(f"{value!r}: the digest goes to slack, telegram or email (or empty: off)")
+        return value
+
+    @field_validator("smtp_address")
+    @classmethod
+    def _smtp(cls, value: str) -> str:
+        if not _HOSTPORT_RE.match(value):
+            raise ValueError(f"{value!r} is not host:port")
+        return value
+
+    @field_validator("alerts_file")
+    @classmethod
+    def _alerts_file(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            _read_routing_file(value)
+        return value
+
+    def alert_routing(self) -> AlertRouting:
+        """Routes and recipients: the defaults, HEDGEGUARD_ALERT_ROUTES over them, then the alerts file's
+        per-book and per-exposure overrides."""
+        routing = _read_routing_file(self.alerts_file) if self.alerts_file else AlertRouting()
+        routing.routes = {**routing.routes, **parse_routes(self.alert_routes)}
+        routing.recipients = Recipients(slack_channel=self.slack_channel or None,
+                                        telegram_chat_ids=self.telegram_chat_ids, email_to=self.email_to)
+        return routing
+
+    def alert_gaps(self) -> list[str]:
+        """Routed channels that cannot deliver (no credentials or no recipient), in words."""
+        routing, ready, gaps = self.alert_routing(), self.chat_services(), []
+        needs = {"slack": ("HEDGEGUARD_SLACK_BOT_TOKEN", bool(self.slack_channel), "HEDGEGUARD_SLACK_CHANNEL"),
+                 "telegram": ("HEDGEGUARD_TELEGRAM_BOT_TOKEN", bool(self.telegram_chat_ids), "HEDGEGUARD_TELEGRAM_CHAT_IDS"),
+                 "email": ("HEDGEGUARD_SMTP_PASSWORD", bool(self.email_to), "HEDGEGUARD_EMAIL_TO")}
+        for channel, (secret, has_to, to_var) in needs.items():
+            used_by = [k for k, chans in routing.routes.items() if channel in chans]
+            if not used_by:
+                continue
+            if channel not in ready:
+                gaps.append(f"{channel} (routed for {', '.join(used_by)}) has no credentials: set {secret}")
+            elif not has_to:
+                gaps.append(f"{channel} (routed for {', '.join(used_by)}) has no recipient: set {to_var}")
+        return gaps
+
+    def command_chats(self) -> list[int]:
+        return self.telegram_chat_ids if self.telegram_command_chat_ids is None else self.telegram_command_chat_ids
+
+    def chat_secret(self, service: str) -> str | None:
+        """The Slack or Telegram bot token, or the SMTP password: environment first, then the secrets file."""
+        part = CHAT_SECRETS[service]
+        value = os.environ.get(f"{ENV_PREFIX}{service}_{part}".upper())
+        if not value and self.secrets_file is not None:
+            value = _read_secrets(self.secrets_file).get(service, {}).get(part)
+        return value or None
+
+    def chat_services(self) -> frozenset[str]:
+        """The channels that can send: those with a token (email: with a password, or no login)."""
+        ready = {s for s in ("slack", "telegram") if self.chat_secret(s)}
+        if not self.smtp_user or self.chat_secret("smtp"):
+            ready.add("email")
+        return frozenset(ready)
+
+    def secret_values(self) -> list[str]:
+        """Every secret this process could read: what log lines and histories are scanned for."""
+        values = [v for s in CHAT_SECRETS if (v := self.chat_secret(s))]
+        for venue, names in self.accounts.items():
+            for name in names:
+                if self.has_credentials(venue, name):
+                    creds = self.credentials(venue, name)
+                    values += [creds.api_key.get_secret_value(), creds.api_secret.get_secret_value()]
+        return values
 
     @field_validator("accounts", mode="before")
     @classmethod
@@ -111,7 +233,8 @@ class Settings(BaseSettings):
             raise ValueError(f"{value!r} is not host:port (or empty to switch metrics off)")
         return value
 
-    @field_validator("paper_control_url", "paper_bybit_url", "paper_binanceusdm_url")
+    @field_validator("paper_control_url", "paper_bybit_url", "paper_binanceusdm_url", "paper_slack_url",
+                     "paper_telegram_url")
     @classmethod
     def _loopback(cls, value: str) -> str:
         if not re.match(r"^http://(127\.\d+\.\d+\.\d+|localhost|\[::1\]):\d+/?$", value):
@@ -151,6 +274,9 @@ class Settings(BaseSettings):
                        for v, names in self.accounts.items() for a in names if not self.has_credentials(v, a)]
             if missing:
                 raise ValueError("HEDGEGUARD_MODE=live but no API key/secret for " + "; ".join(missing))
+            gaps = self.alert_gaps()
+            if gaps:
+                raise ValueError("HEDGEGUARD_MODE=live but alerts cannot reach people: " + "; ".join(gaps))
         return self
 
     def credentials(self, venue: str, account: str) -> Credentials:
@@ -185,6 +311,18 @@ class Settings(BaseSettings):
             **({"paper_control_url": self.paper_control_url, "paper_bybit_url": self.paper_bybit_url,
                 "paper_binanceusdm_url": self.paper_binanceusdm_url} if self.mode == "paper" else {}),
         }
+
+
+def _read_routing_file(path: Path) -> AlertRouting:
+    """[routes] INFO = ["log"] ..., [book.loan], [exposure."L-1"] with routes / slack_channel /
+    telegram_chat_ids / email_to."""
+    try:
+        with path.open("rb") as fh:
+            raw = tomllib.load(fh)
+        given = parse_routes(";".join(f"{k}={','.join(v)}" for k, v in raw.get("routes", {}).items()))
+        return AlertRouting(routes={**DEFAULT_ROUTES, **given}, books=raw.get("book", {}), exposures=raw.get("exposure", {}))
+    except (OSError, tomllib.TOMLDecodeError, ValidationError, ValueError, TypeError) as exc:
+        raise ValueError(f"alerts file {path}: {exc}") from None
 
 
 def _read_secrets(path: Path) -> dict[str, dict[str, dict[str, str]]]:

@@ -153,6 +153,27 @@ Scenario {name}: {file} (real Binance 1-minute bars) replaying at {speed:g}x fro
   the crash         first band crossing about 4 minutes in; the low (3,622) about 15 minutes in"""
 
 
+def chat_env(ports: list[int], state: Path) -> dict[str, str]:
+    """Alerts to the chat emulators with their published test credentials; a person's own settings win."""
+    from sim.chat import SIM_SLACK_TOKEN, SIM_SMTP_PASSWORD, SIM_SMTP_USER, SIM_TELEGRAM_CHATS, SIM_TELEGRAM_TOKEN
+
+    slack, telegram, smtp = ports
+    defaults = {"HEDGEGUARD_SLACK_BOT_TOKEN": SIM_SLACK_TOKEN, "HEDGEGUARD_TELEGRAM_BOT_TOKEN": SIM_TELEGRAM_TOKEN,
+                "HEDGEGUARD_SMTP_PASSWORD": SIM_SMTP_PASSWORD, "HEDGEGUARD_SMTP_USER": SIM_SMTP_USER,
+                "HEDGEGUARD_TELEGRAM_CHAT_IDS": str(SIM_TELEGRAM_CHATS[0]), "HEDGEGUARD_EMAIL_TO": "ops@hedgeguard.test"}
+    fixed = {"HEDGEGUARD_PAPER_SLACK_URL": f"http://127.0.0.1:{slack}",
+             "HEDGEGUARD_PAPER_TELEGRAM_URL": f"http://127.0.0.1:{telegram}",
+             "HEDGEGUARD_SMTP_ADDRESS": f"127.0.0.1:{smtp}", "HEDGEGUARD_SMTP_CA_FILE": str(state / "sim-smtp-ca.pem")}
+    return {**{k: v for k, v in defaults.items() if not os.environ.get(k)}, **fixed}
+
+
+def chat_help(control: str) -> str:
+    return f"""
+  alerts sent       {control}/chat  (the Slack, Telegram and email emulators' inbox)
+  talk to the bot   curl -s {control}/control/chat/telegram/incoming -H 'content-type: application/json' \\
+                      -d '{{"chat_id": 111111, "text": "/status"}}'"""
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--temporal-port", type=int, default=7233)
@@ -160,6 +181,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metrics-port", type=int, default=9464)
     parser.add_argument("--sim-ports", type=int, nargs=3, default=[18080, 18081, 18082],
                         metavar=("CONTROL", "BYBIT", "BINANCEUSDM"), help="the simulator's ports (paper mode)")
+    parser.add_argument("--chat-ports", type=int, nargs=3, default=[18083, 18084, 18025],
+                        metavar=("SLACK", "TELEGRAM", "SMTP"), help="the chat emulators' ports (paper mode)")
     parser.add_argument("--scenario", choices=sorted(SCENARIOS), default="none",
                         help="crash-2020: replay the real March 2020 crash and enrol a sample loan at 40 %% LTV; "
                              "none: a static price and nothing enrolled (default; `make run` passes crash-2020)")
@@ -177,7 +200,7 @@ def main(argv: list[str] | None = None) -> int:
     logs = state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
     paper = settings.mode == "paper"
-    wanted = [args.temporal_port, args.ui_port, args.metrics_port] + (args.sim_ports if paper else [])
+    wanted = [args.temporal_port, args.ui_port, args.metrics_port] + (args.sim_ports + args.chat_ports if paper else [])
     busy = [p for p in wanted if not port_free("127.0.0.1", p)]
     if busy:
         print(f"make run: port(s) {', '.join(map(str, busy))} on 127.0.0.1 already in use; is hedgeguard already "
@@ -190,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
                HEDGEGUARD_METRICS_BIND=f"127.0.0.1:{args.metrics_port}", PYTHONUNBUFFERED="1",
                HEDGEGUARD_PAPER_CONTROL_URL=control, HEDGEGUARD_PAPER_BYBIT_URL=bybit,
                HEDGEGUARD_PAPER_BINANCEUSDM_URL=binance)
+    if paper:
+        env.update(chat_env(args.chat_ports, state))
     stack = Stack(logs)
     stopping = False
 
@@ -219,11 +244,16 @@ def main(argv: list[str] | None = None) -> int:
             replay = ["--replay", scenario[0], "--speed", "0"] if scenario else []  # held still until the loan is in
             sim = stack.start("sim", [sys.executable, "-m", "sim", "--control-port", str(args.sim_ports[0]),
                                       "--bybit-port", str(args.sim_ports[1]),
-                                      "--binanceusdm-port", str(args.sim_ports[2]), *replay], env)
+                                      "--binanceusdm-port", str(args.sim_ports[2]),
+                                      "--slack-port", str(args.chat_ports[0]), "--telegram-port", str(args.chat_ports[1]),
+                                      "--smtp-port", str(args.chat_ports[2]), *replay], env)
             wait_until(lambda: log_has(sim.log, "binanceusdm http://", sim_offset), "waiting for the simulator",
                        sim, 30)
             print(f"  sim        up: paper Bybit {bybit}, Binance USD-M {binance}, control {control}/control/state"
                   f"  (pid {sim.proc.pid})", flush=True)
+            with urllib.request.urlopen(f"{control}/control/chat/smtp/cert", timeout=5) as resp:  # noqa: S310 - loopback
+                (state / "sim-smtp-ca.pem").write_bytes(resp.read())
+            print(f"  chat       up: Slack, Telegram and SMTP emulators; what alerts sent: {control}/chat", flush=True)
         worker_log = logs / "worker.log"
         offset = worker_log.stat().st_size if worker_log.exists() else 0
         worker = stack.start("worker", [sys.executable, "worker.py"], env)
@@ -238,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
 hedgeguard is running ({time.monotonic() - started:.1f} s to start).{watch}
   Temporal Web UI   {ui}
   store             {settings.public_view()['database_url']}
-  logs              {logs}/{{temporal,sim,worker}}.log
+  logs              {logs}/{{temporal,sim,worker}}.log{chat_help(control) if paper else ""}
 Try, in another terminal:
   .venv/bin/python starter.py status
   .venv/bin/python starter.py hedge list

@@ -154,3 +154,24 @@ async def hedge_worker(ts_env: WorkflowEnvironment, paper_settings: Settings, st
     async with build_worker(ts_env.client, paper_settings, store, venues, task_queue=task_queue):
         yield task_queue
         await terminate_started()
+
+
+@pytest.fixture
+def chat_settings(sim, store: Store, tmp_path: Path, monkeypatch) -> Settings:
+    """Paper settings whose alerts reach the chat emulators: Slack #hedgeguard-alerts, Telegram chat 111111,
+    email to ops@hedgeguard.test over STARTTLS (the emulator's certificate trusted); tokens from the
+    environment, as in production; a 3-second de-duplication window."""
+    from sim.chat import SIM_SLACK_TOKEN, SIM_SMTP_PASSWORD, SIM_SMTP_USER, SIM_TELEGRAM_TOKEN
+
+    monkeypatch.setenv("HEDGEGUARD_SLACK_BOT_TOKEN", SIM_SLACK_TOKEN)
+    monkeypatch.setenv("HEDGEGUARD_TELEGRAM_BOT_TOKEN", SIM_TELEGRAM_TOKEN)
+    monkeypatch.setenv("HEDGEGUARD_SMTP_PASSWORD", SIM_SMTP_PASSWORD)
+    ca = tmp_path / "smtp-ca.pem"
+    ca.write_text(sim.chat.smtp_cert_pem)
+    return Settings(database_url=str(store.engine.url), metrics_bind="", state_dir=tmp_path / "state",
+                    paper_control_url=sim.urls["control"], paper_bybit_url=sim.urls["bybit"],
+                    paper_binanceusdm_url=sim.urls["binanceusdm"], venue_timeout_ms=2000,
+                    paper_slack_url=sim.urls["slack"], paper_telegram_url=sim.urls["telegram"],
+                    smtp_address=sim.urls["smtp"].removeprefix("smtp://"), smtp_user=SIM_SMTP_USER, smtp_ca_file=ca,
+                    slack_channel="#hedgeguard-alerts", telegram_chat_ids=[111111], email_to=["ops@hedgeguard.test"],
+                    alert_window_s=3, alert_digest="")

@@ -65,7 +65,8 @@ def run_stack(env: dict[str, str], ports: dict[str, int], runs_expected: int) ->
     """Start the stack, check it, Ctrl-C it; return the child pids it reported and its output."""
     proc = subprocess.Popen(
         [sys.executable, "scripts/devstack.py", "--temporal-port", str(ports["grpc"]), "--ui-port", str(ports["ui"]),
-         "--metrics-port", str(ports["metrics"]), "--sim-ports", *(str(p) for p in ports["sim"])],
+         "--metrics-port", str(ports["metrics"]), "--sim-ports", *(str(p) for p in ports["sim"]),
+         "--chat-ports", *(str(p) for p in ports["chat"])],
         cwd=ROOT, env=env, stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT, text=True, start_new_session=True)
     out = []
@@ -98,10 +99,14 @@ def test_make_run_starts_stops_clean_and_restarts_on_the_same_state(tmp_path: Pa
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEDGEGUARD_") and k != "DATABASE_URL"}
     env.update(HEDGEGUARD_STATE_DIR=str(tmp_path / "state"), DATABASE_URL=f"sqlite:///{tmp_path / 'state' / 'hg.db'}")
     ports = {"grpc": free_port(), "ui": free_port(), "metrics": free_port(),
-             "sim": [free_port(), free_port(), free_port()]}
+             "sim": [free_port(), free_port(), free_port()], "chat": [free_port(), free_port(), free_port()]}
 
     first_pids, first = run_stack(env, ports, runs_expected=1)
     assert len(first_pids) == 3 and "temporal   up" in first and "worker     up" in first and "sim        up" in first
+    assert "chat       up" in first and (tmp_path / "state" / "sim-smtp-ca.pem").read_text().startswith("-----BEGIN")
+    worker_log = (tmp_path / "state" / "logs" / "worker.log").read_text()
+    assert "alerts: slack #hedgeguard-alerts, telegram 1 chat(s), email 1 address(es)" in worker_log
+    assert "Telegram commands on" in worker_log
     assert "nothing left running" in first
     time.sleep(0.5)
     assert [p for p in first_pids if alive(p)] == []
@@ -122,7 +127,8 @@ def test_a_busy_port_is_refused_with_a_clear_line(tmp_path: Path):
         env = {**os.environ, "HEDGEGUARD_STATE_DIR": str(tmp_path)}
         result = subprocess.run([sys.executable, "scripts/devstack.py", "--temporal-port", str(busy),
                                  "--ui-port", str(free_port()), "--metrics-port", str(free_port()),
-                                 "--sim-ports", str(free_port()), str(free_port()), str(free_port())],
+                                 "--sim-ports", str(free_port()), str(free_port()), str(free_port()),
+                                 "--chat-ports", str(free_port()), str(free_port()), str(free_port())],
                                 cwd=ROOT, env=env, capture_output=True, text=True, timeout=30)
     assert result.returncode == 2
     assert f"port(s) {busy} on 127.0.0.1 already in use" in result.stderr

@@ -10,6 +10,8 @@ from temporalio import workflow
 with workflow.unsafe.imports_passed_through():
     from models.hedge import Alert
 
+# how a book names itself when it pauses or closes its own hedge: not an operator command, so not told
+BOOK_SENDER = "loan guard"
 ALERT_CALL = dict(start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=timedelta(hours=1))
 
 
@@ -25,3 +27,12 @@ def continue_as_new_due(limit: int) -> bool:
     """The server suggests it (4,096 events by default), or the history reached `limit` events."""
     info = workflow.info()
     return info.is_continue_as_new_suggested() or info.get_current_history_length() >= limit
+
+
+def operator_summary(seq: int, key_prefix: str, title: str, text: str, *, book: str | None,
+                     exposure_id: str | None) -> None:
+    """An operator command told to people (once per command; the patch keeps older histories replaying)."""
+    if not workflow.patched("operator-summaries"):
+        return
+    workflow.start_activity("raise_alert", Alert(severity="INFO", category="action", key=f"{key_prefix}:operator:{seq}",
+                                                 title=title, text=text, book=book, exposure_id=exposure_id), **ALERT_CALL)

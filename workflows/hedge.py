@@ -25,7 +25,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.common import alert_once, continue_as_new_due
+from workflows.common import BOOK_SENDER, alert_once, continue_as_new_due, operator_summary
 
 with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
@@ -109,6 +109,7 @@ class HedgeWorkflow:
         self.next_timer: tuple[str, datetime] | None = None
         self.wake = False
         self._alerted: dict[str, str] = {}
+        self.operator_seq = 0
         self._shown: tuple[str, bool] | None = None
 
     # -- signals, updates, queries --------------------------------------------------------------
@@ -148,18 +149,21 @@ class HedgeWorkflow:
         self.wake = True
 
     @workflow.signal
-    def pause(self) -> None:
+    def pause(self, by: str = "operator") -> None:
+        self._operator("paused", by)
         self.paused = True
         self.wake = True
 
     @workflow.signal
-    def resume(self) -> None:
+    def resume(self, by: str = "operator") -> None:
+        self._operator("resumed", by)
         self.paused = False
         self.blocked, self.retry_at = None, None
         self.wake = True
 
     @workflow.signal
     def force_close(self, reason: str = "operator") -> None:
+        self._operator("force-closed", reason)
         if not self.forced:  # also lifts an expiry close already under way to urgent pricing
             workflow.logger.info("force close of %s: %s", self.ref.hedge_id, reason)
             self.forced = True
@@ -483,6 +487,14 @@ class HedgeWorkflow:
                           risk_cleared_at=self.risk_cleared_at, closing=self.closing, urgency=self.urgency,
                           target_seq=self.target_seq, last_fill=self.last_fill, realised_pnl=self.realised,
                           unrealised_pnl=self.unrealised, open_order=self.open_order)
+
+    def _operator(self, what: str, by: str) -> None:
+        if by.startswith(BOOK_SENDER):  # the hedge's own book steering it, not a person
+            return
+        self.operator_seq += 1
+        operator_summary(self.operator_seq, self.ref.hedge_id, f"hedge {self.ref.hedge_id} {what} by {by}",
+                         f"position {self.current} {self.ref.symbol} (target {self.target}); realised "
+                         f"{self.realised} USDT", book=self.inp.book, exposure_id=self.inp.exposure_id)
 
     def _alert(self, severity: str, kind: str, title: str, text: str) -> None:
         alert_once(self._alerted, kind, Alert(severity=severity, key=f"{self.ref.hedge_id}:{kind}", title=title, text=text,

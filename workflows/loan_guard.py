@@ -24,7 +24,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 
-from workflows.common import ALERT_CALL, alert_once, continue_as_new_due
+from workflows.common import ALERT_CALL, BOOK_SENDER, alert_once, continue_as_new_due, operator_summary
 
 with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
@@ -131,6 +131,7 @@ class LoanGuardWorkflow:
         self.retry_at: datetime | None = None
         self.wake = False
         self._alerted: dict[str, str] = {}
+        self.operator_seq = 0
         self._shown: tuple[str, bool, str] | None = None
         self._started_at: datetime | None = None
 
@@ -145,12 +146,14 @@ class LoanGuardWorkflow:
         self.wake = True
 
     @workflow.signal
-    def pause(self) -> None:
+    def pause(self, by: str = "operator") -> None:
+        self._operator("paused", by)
         self.paused = True
         self.wake = True
 
     @workflow.signal
-    def resume(self) -> None:
+    def resume(self, by: str = "operator") -> None:
+        self._operator("resumed", by)
         self.paused = False
         self.retry_at = None
         self.wake = True
@@ -158,11 +161,23 @@ class LoanGuardWorkflow:
     @workflow.signal
     def force_close(self, reason: str = "operator") -> None:
         """Close the hedge now; the guard then watches unhedged (paused) until resume opens a new hedge."""
+        if reason != "unenrol":
+            self._operator("force-closed", reason)
         if not self.hedge_closed:  # also a hedge whose start is under way: it is closed once it exists
             workflow.logger.info("force close of loan %s's hedge: %s", self.inp.loan_id, reason)
             self.closing_hedge = True
         self.paused = True
         self.wake = True
+
+    def _operator(self, what: str, by: str) -> None:
+        """Every operator command is told to people, with where the loan stood when it came."""
+        self.operator_seq += 1
+        facts = self.facts
+        ltv = f"LTV {self.ltv:.2f} % ({self.band.name})" if self.ltv is not None else "LTV not known yet"
+        short = f"short {-facts.size} BTC" if facts is not None else "no hedge yet"
+        operator_summary(self.operator_seq, f"loan-{self.inp.loan_id}", f"loan {self.inp.loan_id} {what} by {by}",
+                         f"{ltv}; {short}; debt {(self.principal + self.interest):.2f} USDT, collateral "
+                         f"{self.collateral} BTC", book=Book.LOAN.value, exposure_id=self.inp.loan_id)
 
     @workflow.signal
     def unenrol(self) -> None:
@@ -319,7 +334,8 @@ class LoanGuardWorkflow:
             severity = "INFO" if not rising or band == Band.SAFE else "WARNING" if band == Band.CAUTION else "CRITICAL"
             self._alert(severity, "band", f"loan {self.inp.loan_id}: {self.band.name} → {band.name}",
                         f"LTV {self.ltv:.2f} % at {risk_price(self.tick.last, self.tick.index)}; "
-                        f"hedge target {self._target_for(band)[0]} BTC")
+                        f"hedge target {self._target_for(band)[0]} BTC",
+                        topic=f"LTV alerts for {self.inp.loan_id}", figure=self.ltv.quantize(Decimal("0.01")), unit="%")
             self.band = band
 
     async def _subscribe(self) -> None:
@@ -356,7 +372,8 @@ class LoanGuardWorkflow:
             self.closing_hedge, self.hedge_closed = False, True  # nothing was started: nothing to close
         if self.closing_hedge or self.hedge_closed:
             if self.closing_hedge and self.sent_target is not None:
-                await self._signal_hedge("force_close", "loan guard: " + ("unenrol" if self.unenrolling else "operator"))
+                await self._signal_hedge("force_close", f"{BOOK_SENDER} {self.inp.loan_id}: "
+                                         + ("unenrol" if self.unenrolling else "operator"))
                 self.sent_target = None
                 self.next_facts = workflow.now() + timedelta(seconds=1)  # see the close through promptly
             if self.hedge_closed and not self.paused and not self.unenrolling:  # resumed: a fresh hedge
@@ -384,7 +401,7 @@ class LoanGuardWorkflow:
             self.target_seq += 1
             await self._signal_hedge("retarget", TargetChange(target=target, urgency=urgency, seq=self.target_seq))
         if self.paused != self.hedge_paused_sent:
-            await self._signal_hedge("pause" if self.paused else "resume")
+            await self._signal_hedge("pause" if self.paused else "resume", f"{BOOK_SENDER} {self.inp.loan_id}")
             self.hedge_paused_sent = self.paused
         if (target, urgency) != (self.sent_target, self.sent_urgency):
             self.target_seq += 1
@@ -557,9 +574,21 @@ class LoanGuardWorkflow:
         self.reserve = max(ZERO, self.reserve - (usdt - from_enrol))
 
     def _record(self, record: TreasuryRecord) -> None:
+        """Keep the last treasury action and tell people, with the LTV it brings (the loan is read back next)."""
         self.last_treasury = record
+        debt, collateral = self.principal + self.interest, self.collateral
+        moved = record.usdt > 0 or record.btc > 0
+        if record.kind in ("repay", "deploy_reserve"):
+            debt -= record.usdt
+        elif record.kind == "add_collateral":
+            collateral += record.btc
+        figures = ""
+        if self.tick is not None and self.ltv is not None and collateral > 0:
+            after = ltv_pct(max(debt, ZERO), collateral, self.tick.last, self.tick.index)
+            figures = f"; LTV {self.ltv:.2f} % → {after:.2f} %" if moved else f"; LTV {self.ltv:.2f} %"
         self._alert("INFO", f"treasury-{record.key}", f"loan {self.inp.loan_id}: treasury {record.kind.replace('_', ' ')}",
-                    f"{record.usdt} USDT" + (f" → {record.btc} BTC collateral" if record.btc else "") + f" ({record.note})")
+                    f"{record.usdt} USDT" + (f" → {record.btc} BTC collateral" if record.btc else "") + f" ({record.note})"
+                    + figures, category="action")
 
     # -- waiting, continue-as-new, the UI ------------------------------------------------------------------
     async def _sleep(self) -> None:
@@ -603,9 +632,11 @@ class LoanGuardWorkflow:
                          realised_btc=self.realised_btc, realised_notional=self.realised_notional,
                          hedge_paused_sent=self.hedge_paused_sent, pending=self.pending)
 
-    def _alert(self, severity: str, kind: str, title: str, text: str) -> None:
+    def _alert(self, severity: str, kind: str, title: str, text: str, *, topic: str | None = None,
+               figure: Decimal | None = None, unit: str = "", category: str = "alert") -> None:
         alert_once(self._alerted, kind, Alert(severity=severity, key=f"loan-{self.inp.loan_id}:{kind}", title=title,
-                                              text=text, book=Book.LOAN.value, exposure_id=self.inp.loan_id))
+                                              text=text, book=Book.LOAN.value, exposure_id=self.inp.loan_id,
+                                              topic=topic, figure=figure, figure_unit=unit, category=category))
 
     def _show(self) -> None:
         """Search attributes when they change (LTV in half-point steps), details always."""
