@@ -72,22 +72,25 @@ class TelegramCommands:
         return f"{handled} commands handled; polling again"
 
     async def handle(self, client: Client, bot: telegram.Bot, message: telegram.Message) -> None:
-        chat, who = message.chat.id, (message.from_user.username if message.from_user else None) or str(message.chat.id)
+        chat = message.chat.id
+        username = message.from_user.username if message.from_user else None
+        who = f"@{username}" if username else "no username"
         words = message.text.split() if message.text else []
         command = words[0].split("@")[0].lower() if words else ""
         if chat not in self.settings.command_chats():
-            log.warning("telegram: refused %r from chat %s (@%s): not an allowed command chat", command, chat, who)
+            log.warning("telegram: refused %r from chat %s (%s): not an allowed command chat", command, chat, who)
             await self._reply(bot, chat, "Refused: this chat may not command hedgeguard. The attempt is logged.")
             return
         if command in SIGNALS and len(words) == 2:
-            reply = await self._signal(client, command, words[1], f"telegram @{who} (chat {chat})")
+            sender = f"telegram {who} (chat {chat})" if username else f"telegram chat {chat}"
+            reply = await self._signal(client, command, words[1], sender)
         elif command == "/status" and len(words) <= 2:
             reply = await self._status(client, words[1] if len(words) == 2 else None)
         elif command in SIGNALS:
             reply = f"usage: {command} LOAN_ID"
         else:
             reply = HELP
-        log.info("telegram: %s from chat %s (@%s): %s", " ".join(words[:2]), chat, who, reply.splitlines()[0])
+        log.info("telegram: %s from chat %s (%s): %s", " ".join(words[:2]), chat, who, reply.splitlines()[0])
         await self._reply(bot, chat, reply)
 
     async def _signal(self, client: Client, command: str, loan_id: str, by: str) -> str:

@@ -18,6 +18,7 @@ from models.alerts import alert_workflow_id
 from models.hedge import Alert
 from sim.chat import SIM_SLACK_TOKEN, SIM_SMTP_PASSWORD, SIM_TELEGRAM_TOKEN
 from tests.alert_helpers import history_text, raise_alert, sent, wait_sent
+from tests.loan_helpers import record_if_asked
 from worker import build_alert_worker
 
 
@@ -100,6 +101,7 @@ async def test_repeats_are_counted_and_a_rise_in_severity_goes_out_at_once(dev_e
     assert f"LTV alerts for {key}: 2 more in the last 3 s, worst 48.05 %" in summary["text"]
     handle = dev_env.client.get_workflow_handle(alert_workflow_id(key))
     await asyncio.wait_for(handle.result(), timeout=10)  # a quiet window ends the workflow
+    await record_if_asked(dev_env.client, handle.id, "AlertWorkflow-rise-and-summary")
     assert len(sent(sim, "slack", key)) == 3 and len(sent(sim, "telegram", key)) == 1
 
 
@@ -118,3 +120,32 @@ async def test_deduplication_survives_a_worker_restart(dev_env, sim, chat_settin
                 summary = (await wait_sent(sim, "slack", key, count=2, within_s=12))[1]
                 assert "1 more in the last 8 s, worst 46.00 %" in summary["text"]
         await channels.close()
+
+
+async def test_failed_deliveries_are_counted_in_the_metrics(dev_env, sim, chat_settings, task_queue):
+    import re
+    import socket
+    import urllib.request
+
+    from temporalio.client import Client
+    from temporalio.contrib.pydantic import pydantic_data_converter
+
+    from activities.temporal_client import metrics_runtime
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        bind = f"127.0.0.1:{s.getsockname()[1]}"
+    client = await Client.connect(dev_env.client.service_client.config.target_host, namespace=dev_env.client.namespace,
+                                  data_converter=pydantic_data_converter, runtime=metrics_runtime(bind))
+    key = f"L-{uuid.uuid4().hex[:8]}"
+    sim.faults.add("slack", "http500", count=2)
+    channels = ChatChannels(chat_settings)
+    async with build_alert_worker(client, chat_settings, channels, task_queue=task_queue):
+        await raise_alert(client, chat_settings, task_queue, ltv_alert(key, "WARNING", "45.50"))
+        await wait_sent(sim, "slack", key, within_s=20)  # refused twice (2 s, 4 s backoff), then sent
+        with urllib.request.urlopen(f"http://{bind}/metrics", timeout=5) as resp:  # noqa: S310 - loopback
+            metrics = resp.read().decode()
+    await channels.close()
+    counts = re.findall(r'^hedgeguard_alert_delivery_failures\S*\{[^}]*channel="slack"[^}]*permanent="false"[^}]*\} (\d+)',
+                        metrics, re.MULTILINE)
+    assert counts == ["2"], [line for line in metrics.splitlines() if "alert_delivery" in line]

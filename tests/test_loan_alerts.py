@@ -16,7 +16,7 @@ from activities.notify import ChatChannels
 from models.alerts import CommandPoll, alerts_queue
 from sim.chat import SIM_SLACK_TOKEN, SIM_SMTP_PASSWORD, SIM_TELEGRAM_TOKEN
 from tests.alert_helpers import history_text, sent, telegram_from, wait_sent
-from tests.loan_helpers import end_loan_workflows, enrol, open_loan, wait_loan
+from tests.loan_helpers import end_loan_workflows, enrol, open_loan, record_if_asked, wait_loan
 from tests.test_loan_guard import FAST_HEDGE, settled
 from worker import build_alert_worker, build_worker
 
@@ -93,7 +93,9 @@ async def test_telegram_commands_pause_and_resume_a_loan_and_other_chats_are_ref
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert "telegram: refused '/pause' from chat 333333 (@stranger)" in logged
     assert "telegram: refused '/resume' from chat 333333 (@stranger)" in logged
+    await record_if_asked(dev_env.client, handle.id, "LoanGuardWorkflow-telegram-pause-resume")
     await poller.terminate("test finished")
+    await record_if_asked(dev_env.client, poller.id, "TelegramCommandsWorkflow-commands")
 
     runs, history = await history_text(dev_env.client, f'WorkflowId = "{poller.id}" OR WorkflowId = "{handle.id}" OR '
                                                        'WorkflowId STARTS_WITH "alert-loan-TG-1"')

@@ -12,7 +12,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer
 
 from worker import SANDBOX
-from workflows import ALL_WORKFLOWS
+from workflows import ALERT_WORKFLOWS, ALL_WORKFLOWS
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -21,11 +21,12 @@ def histories_of(name: str) -> list[Path]:
     return sorted(HISTORIES.glob(f"{name}*.json"))
 
 
-@pytest.mark.parametrize("workflow", ALL_WORKFLOWS, ids=lambda w: w.__name__)
+@pytest.mark.parametrize("workflow", ALL_WORKFLOWS + ALERT_WORKFLOWS, ids=lambda w: w.__name__)
 async def test_recorded_histories_replay(workflow):
     files = histories_of(workflow.__name__)
     assert files, f"no recorded history for {workflow.__name__} in {HISTORIES}: record one (tests/record_history.py)"
-    replayer = Replayer(workflows=ALL_WORKFLOWS, data_converter=pydantic_data_converter, workflow_runner=SANDBOX)
+    replayer = Replayer(workflows=ALL_WORKFLOWS + ALERT_WORKFLOWS, data_converter=pydantic_data_converter,
+                        workflow_runner=SANDBOX)
     for path in files:
         history = WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
         result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
