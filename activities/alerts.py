@@ -5,7 +5,7 @@ it costs one signal, so a channel that is down delays no hedge."""
 from __future__ import annotations
 
 import logging
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 from temporalio import activity
 from temporalio.client import Client
@@ -24,6 +24,7 @@ from models.hedge import Alert
 from models.settings import Settings
 
 log = logging.getLogger("hedgeguard.alerts")
+RPC_TIMEOUT = timedelta(seconds=5)
 LEVELS = {"INFO": logging.INFO, "WARNING": logging.WARNING, "CRITICAL": logging.CRITICAL}
 
 
@@ -36,7 +37,8 @@ class AlertActivities:
     @activity.defn(name="raise_alert")
     async def raise_alert(self, alert: Alert) -> None:
         info = activity.info()
-        await self.notify(activity.client(), alert, raise_id=f"{info.workflow_id}/{info.activity_id}",
+        # stable across retries of this activity, distinct across runs of the raising workflow
+        await self.notify(activity.client(), alert, raise_id=f"{info.workflow_id}/{info.workflow_run_id}/{info.activity_id}",
                           task_queue=info.task_queue)
 
     async def notify(self, client: Client, alert: Alert, *, raise_id: str, task_queue: str) -> None:
@@ -51,7 +53,7 @@ class AlertActivities:
                                     hour_utc=self.settings.alert_digest_hour_utc)
                 await client.start_workflow("AlertDigestWorkflow", DigestStart(), id=DIGEST_WORKFLOW_ID,
                                             task_queue=alerts_queue(task_queue), start_signal="add",
-                                            start_signal_args=[entry])
+                                            start_signal_args=[entry], rpc_timeout=RPC_TIMEOUT)
         targets = self.routing.targets(alert, configured=self.ready)
         if not targets:
             return
@@ -59,7 +61,7 @@ class AlertActivities:
         raised = RaisedAlert(raise_id=raise_id, alert=alert, targets=targets, window_s=window, raised_at=now)
         await client.start_workflow("AlertWorkflow", AlertStart(key=alert.key), id=alert_workflow_id(alert.key),
                                     task_queue=alerts_queue(task_queue), start_signal="raise",
-                                    start_signal_args=[raised])
+                                    start_signal_args=[raised], rpc_timeout=RPC_TIMEOUT)
 
     def digest_targets(self) -> list[Target]:
         channel, s = self.settings.alert_digest, self.settings

@@ -34,7 +34,7 @@ from models.hedge import (
     SyncRequest,
     SyncResult,
 )
-from models.ledger import Hedge, HedgeStatus
+from models.ledger import HedgeStatus
 from models.venue import OrderRequest, OrderState, OrderType, TimeInForce
 from models.venue_events import VenueFill, input_hash
 
@@ -55,11 +55,14 @@ class HedgeActivities:
         self.venues = venues
         self.alerts = alerts
 
-    async def _fill_summaries(self, hedge: Hedge, fills: list[VenueFill]) -> None:
-        """One message per order with new fills: side, size, average price, fees, and the position after.
-        Only fills this call wrote are told, so a retried sync tells nothing twice."""
+    async def _fill_summaries(self, hedge_id: str, fills: list[VenueFill]) -> None:
+        """One message per order with new fills: side, size, average price, fees, and the position after the
+        sync. Only fills this call wrote are told, so a retried sync tells nothing twice."""
         assert self.alerts is not None
         info = activity.info()
+        hedge = await asyncio.to_thread(self.store.get_hedge, hedge_id)
+        if hedge is None:
+            return
         by_order: dict[str, list[VenueFill]] = {}
         for fill in fills:
             by_order.setdefault(fill.client_order_id or fill.order_id or fill.fill_id, []).append(fill)
@@ -158,8 +161,19 @@ class HedgeActivities:
         compare the ledger with the venue's own position and record the outcome in HedgeSyncState."""
         ref = req.ref
         venue = await self._venue(ref.venue, ref.account)
-        cursor, written, fills = req.cursor, 0, []
         new_fills: list[VenueFill] = []
+        try:
+            return await self._sync(req, venue, new_fills)
+        finally:  # told even when this attempt fails after writing: a retry sees those fills as already in
+            if new_fills and self.alerts is not None:
+                try:
+                    await self._fill_summaries(ref.hedge_id, new_fills)
+                except Exception as exc:  # never instead of the sync's own outcome
+                    activity.logger.warning("fill summaries for %s not raised: %s", ref.hedge_id, exc)
+
+    async def _sync(self, req: SyncRequest, venue, new_fills: list[VenueFill]) -> SyncResult:
+        ref = req.ref
+        cursor, written, fills = req.cursor, 0, []
         try:
             for attempt in range(SYNC_ATTEMPTS):
                 page = await venue.events_since(ref.symbol, cursor, since_ms=req.since_ms)
@@ -203,8 +217,6 @@ class HedgeActivities:
             await asyncio.to_thread(self.store.record_sync, ref.hedge_id, source=f"{ref.venue} rest",
                                     venue_size=venue_size, fills_cursor=cursor, mismatch=mismatch,
                                     snapshot={"venue_size": str(venue_size), "ledger_size": str(hedge.current_size)})
-        if new_fills and self.alerts is not None:
-            await self._fill_summaries(hedge, new_fills)
         last: VenueFill | None = max(fills, key=lambda f: f.ts) if fills else None
         return SyncResult(
             current=hedge.current_size, cursor=cursor, new_events=written,

@@ -23,7 +23,7 @@ from typing import Any
 import telegram
 from slack_sdk.errors import SlackApiError
 from slack_sdk.web.async_client import AsyncWebClient
-from telegram.error import BadRequest, Forbidden, InvalidToken, RetryAfter, TelegramError
+from telegram.error import BadRequest, ChatMigrated, Forbidden, InvalidToken, RetryAfter, TelegramError
 from telegram.warnings import PTBDeprecationWarning
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
@@ -46,7 +46,7 @@ class Redactor(logging.Filter):
 
     def __init__(self, secrets: list[str]) -> None:
         super().__init__()
-        self.secrets = [s for s in secrets if len(s) >= 6]
+        self.secrets = [s for s in secrets if len(s) >= 4]  # shorter ones would blank ordinary words
 
     def filter(self, record: logging.LogRecord) -> bool:
         if self.secrets:
@@ -54,6 +54,8 @@ class Redactor(logging.Filter):
             clean = redact(text, self.secrets)
             if clean != text:
                 record.msg, record.args = clean, None
+            if record.exc_info and not record.exc_text:  # the formatter prints exc_text when it is set
+                record.exc_text = redact(logging.Formatter().formatException(record.exc_info), self.secrets)
         return True
 
 
@@ -155,7 +157,7 @@ class ChatChannels:
         except RetryAfter as exc:
             wait = retry_after_s(exc)
             raise self._failed("telegram", exc, retry_after=wait, what=f"429, retry after {wait:g} s") from None
-        except (BadRequest, Forbidden, InvalidToken) as exc:
+        except (BadRequest, Forbidden, InvalidToken, ChatMigrated) as exc:
             raise self._failed("telegram", exc, permanent=True,
                                what=f"{exc.message} (chat {d.target.to}; check HEDGEGUARD_TELEGRAM_CHAT_IDS / token)") from None
         except (TelegramError, Exception) as exc:
@@ -178,8 +180,14 @@ class ChatChannels:
             detail = exc.smtp_error.decode(errors="replace") if isinstance(exc.smtp_error, bytes) else str(exc.smtp_error)
             raise self._failed("email", exc, permanent=500 <= code < 600,
                                what=f"SMTP {code} {detail}") from None
-        except smtplib.SMTPRecipientsRefused as exc:
-            raise self._failed("email", exc, permanent=True, what=f"recipient refused: {list(exc.recipients)}") from None
+        except smtplib.SMTPRecipientsRefused as exc:  # 4xx (greylisting, mailbox busy) is worth another try
+            codes = [code for code, _ in exc.recipients.values()]
+            raise self._failed("email", exc, permanent=all(c >= 500 for c in codes),
+                               what=f"recipient refused: {exc.recipients}") from None
+        except (smtplib.SMTPNotSupportedError, ssl.SSLCertVerificationError) as exc:
+            raise self._failed("email", exc, permanent=True,
+                               what=f"{type(exc).__name__}: {exc} (check HEDGEGUARD_SMTP_STARTTLS / HEDGEGUARD_SMTP_CA_FILE)"
+                               ) from None
         except Exception as exc:
             raise self._failed("email", exc) from None
         log.info("alert %s emailed to %s (%s)", d.key, d.target.to, d.delivery_id)

@@ -48,7 +48,7 @@ class TelegramCommands:
         bot = await self.channels.telegram_bot()
         client = activity.client()
         details = activity.info().heartbeat_details
-        offset: int | None = int(details[0]) if details else None
+        offset: int | None = int(details[0]) if details and details[0] is not None else None
         started, handled = time.monotonic(), 0
         while time.monotonic() - started < req.rotate_after_s:
             activity.heartbeat(offset)
@@ -69,6 +69,8 @@ class TelegramCommands:
                     await self.handle(client, bot, message)
                     handled += 1
                 activity.heartbeat(offset)
+        if offset is not None:  # confirm what was handled, so the next poller does not run it again
+            await bot.get_updates(offset=offset, timeout=0)
         return f"{handled} commands handled; polling again"
 
     async def handle(self, client: Client, bot: telegram.Bot, message: telegram.Message) -> None:

@@ -121,6 +121,7 @@ class AlertCarry(BaseModel):
     worst: Decimal | None = None
     worst_severity: str = "INFO"
     last: RaisedAlert | None = None
+    held_targets: list[Target] = Field(default_factory=list)  # every recipient of a repeat held back
     seen: list[str] = Field(default_factory=list)
     sent: int = 0
 

@@ -98,10 +98,9 @@ class AlertWorkflow:
                 await workflow.wait_condition(lambda: self.in_flight == 0 or bool(self.queue))
                 if not self.queue:
                     return
-            elif continue_as_new_due(CONTINUE_AS_NEW_AFTER):
-                await workflow.wait_condition(lambda: self.in_flight == 0)
-                if not self.queue:
-                    workflow.continue_as_new(AlertStart(key=self.key, carry=self.c))
+            elif self.in_flight == 0 and not self.queue and continue_as_new_due(CONTINUE_AS_NEW_AFTER):
+                # only between deliveries: one retrying for hours must not hold up the raises behind it
+                workflow.continue_as_new(AlertStart(key=self.key, carry=self.c))
 
     def _take(self, r: RaisedAlert) -> None:
         if r.raise_id in self.c.seen:
@@ -117,9 +116,10 @@ class AlertWorkflow:
             self._send(r.alert, r.targets, note)
             self.c.sent_rank = rank
             self.c.window_until = now + timedelta(seconds=r.window_s) if r.window_s else None
-            self.c.suppressed, self.c.worst, self.c.worst_severity = 0, None, "INFO"
+            self.c.suppressed, self.c.worst, self.c.worst_severity, self.c.held_targets = 0, None, "INFO", []
         else:
             self.c.suppressed += 1
+            self.c.held_targets += [t for t in r.targets if t not in self.c.held_targets]
             if r.alert.figure is not None and (self.c.worst is None or r.alert.figure > self.c.worst):
                 self.c.worst = r.alert.figure
             if rank > RANK[self.c.worst_severity]:
@@ -129,9 +129,10 @@ class AlertWorkflow:
     def _window_ended(self) -> None:
         last = self.c.last
         if self.c.suppressed and last is not None:
+            # to everyone a held-back repeat would have reached: a CRITICAL among them reaches its channels
             self._send(summary(last.alert, self.c.suppressed, last.window_s, self.c.worst, self.c.worst_severity),
-                       last.targets, None)
-            self.c.suppressed, self.c.worst, self.c.worst_severity = 0, None, "INFO"
+                       self.c.held_targets or last.targets, None)
+            self.c.suppressed, self.c.worst, self.c.worst_severity, self.c.held_targets = 0, None, "INFO", []
             self.c.window_until = workflow.now() + timedelta(seconds=last.window_s)
         else:
             self.c.window_until, self.c.sent_rank = None, -1
