@@ -1,0 +1,177 @@
+"""Reaction latency: from the emulator publishing a band-crossing tick to the emulator receiving each loan's
+hedge order, through the real feed, loan guard and hedge workflows on a real dev server and worker.
+
+    .venv/bin/python -m bench.latency                  # N = 1 and N = 1,000
+    .venv/bin/python -m bench.latency --loans 1 100 --json latency.json
+
+For each N a fresh stack (bench/stack.py): dev server (SQLite, WAL), worker subprocess, simulator in this
+process. N paper accounts each get a 1 BTC / 24,000 USDT loan (40 % LTV at 60,000, a round price set here,
+not market history) and a loan guard with production timings. Once every guard has a feed price, the price
+is set to 52,700 (LTV 45.5 %: CAUTION for all). The tick goes out to the websocket subscribers in that call;
+its time is taken just before it. Per loan, latency = the emulator's arrival stamp of the first
+/v5/order/create from that loan's account minus that time (both this process's wall clock, ms).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+import time
+from decimal import Decimal
+from pathlib import Path
+
+import aiohttp
+
+from bench.stack import BenchStack
+from models.loan_guard import LoanGuardInput, LoanView
+from models.settings import Settings
+
+START_PRICE = Decimal("60000")
+CAUTION_PRICE = Decimal("52700")
+DEBT = "24000"
+
+
+def percentile(values: list[float], pct: float) -> float:
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(pct / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def progress(text: str) -> None:
+    print(f"\r  {text}\033[K", end="", file=sys.stderr, flush=True)
+
+
+async def bounded(n: int, limit: int, make) -> list:
+    sem = asyncio.Semaphore(limit)
+
+    async def one(i: int):
+        async with sem:
+            return await make(i)
+    return await asyncio.gather(*(one(i) for i in range(n)))
+
+
+async def open_loans(stack: BenchStack, n: int) -> list[str]:
+    from activities.venues import ensure_paper_account
+
+    assert stack.sim is not None
+    settings = Settings(paper_control_url=stack.sim.urls["control"], metrics_bind="")
+    accounts = [f"lat-{i:05d}" for i in range(n)]
+    done = 0
+
+    async def make(i: int) -> None:
+        nonlocal done
+        await ensure_paper_account(settings, "bybit", accounts[i])
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{stack.sim.urls['control']}/control/loans", json={
+                    "account": accounts[i], "collateral_btc": "1", "debt_usdt": DEBT}) as resp:
+                assert resp.status == 200, await resp.text()
+        done += 1
+        if done % 50 == 0 or done == n:
+            progress(f"loans opened {done}/{n}")
+    await bounded(n, 20, make)
+    return accounts
+
+
+async def enrol(stack: BenchStack, accounts: list[str]) -> list:
+    assert stack.client is not None
+    started = time.monotonic()
+
+    async def make(i: int):
+        inp = LoanGuardInput(loan_id=f"LAT-{i:05d}", account=accounts[i])
+        handle = await stack.client.start_workflow("LoanGuardWorkflow", inp, id=inp.workflow_id, task_queue="bench")
+        if (i + 1) % 50 == 0 or i + 1 == len(accounts):
+            progress(f"enrolled {i + 1}/{len(accounts)} ({(i + 1) / (time.monotonic() - started):.0f}/s)")
+        return handle
+    return await bounded(len(accounts), 50, make)
+
+
+async def wait_all_watching(handles: list, within_s: float) -> None:
+    """Every guard has an LTV from the feed: the crossing tick will find them all subscribed."""
+    deadline = time.monotonic() + within_s
+    pending = list(handles)
+    while pending:
+        async def ready(h) -> bool:
+            try:
+                view = await h.query("state", result_type=LoanView)
+            except Exception:
+                return False
+            return view.ltv_pct is not None and view.price_source == "feed"
+        flags = []
+        for i in range(0, len(pending), 50):
+            flags += await asyncio.gather(*(ready(h) for h in pending[i:i + 50]))
+        pending = [h for h, ok in zip(pending, flags, strict=True) if not ok]
+        progress(f"guards watching the feed {len(handles) - len(pending)}/{len(handles)}")
+        if pending and time.monotonic() > deadline:
+            raise RuntimeError(f"{len(pending)} loan guards have no feed price after {within_s:.0f} s")
+        if pending:
+            await asyncio.sleep(1.0)
+
+
+async def measure(n: int, *, timeout_s: float) -> dict:
+    print(f"N = {n}: starting a fresh stack", file=sys.stderr, flush=True)
+    async with BenchStack(price=START_PRICE) as stack:
+        assert stack.sim is not None
+        accounts = await open_loans(stack, n)
+        handles = await enrol(stack, accounts)
+        await wait_all_watching(handles, within_s=max(60.0, n * 0.2))
+        await asyncio.sleep(2.0)  # let the feed's first round of keep-alives pass
+        rss_rest = stack.rss("worker")
+        wanted = set(accounts)
+        t0 = time.time() * 1000
+        stack.sim.market.set_price("BTCUSDT", CAUTION_PRICE)
+        first: dict[str, float] = {}
+        while len(first) < n and time.time() * 1000 - t0 < timeout_s * 1000:
+            for entry in stack.sim.calls.query(venue="bybit", path="/v5/order/create"):
+                account = entry.get("account")
+                if account in wanted and account not in first and entry["ts_ms"] >= t0:
+                    first[account] = entry["ts_ms"] - t0
+            progress(f"hedge orders received {len(first)}/{n}, {(time.time() * 1000 - t0) / 1000:.1f} s after the tick")
+            await asyncio.sleep(0.05)
+        print(file=sys.stderr)
+        rss_busy = stack.rss("worker")
+        if len(first) < n:
+            print(f"  {n - len(first)} loans got no hedge order within {timeout_s:.0f} s", file=sys.stderr)
+        lat = list(first.values())
+        return {"loans": n, "hedged": len(first), "p50_ms": round(percentile(lat, 50), 1),
+                "p95_ms": round(percentile(lat, 95), 1), "p99_ms": round(percentile(lat, 99), 1),
+                "max_ms": round(max(lat), 1), "all_hedged_s": round(max(lat) / 1000, 3) if len(first) == n else None,
+                "worker_rss_mib": round(max(rss_rest, rss_busy), 1), "worker_rss_at_rest_mib": round(rss_rest, 1)}
+
+
+def table(runs: list[dict]) -> str:
+    head = f"{'loans':>6} {'hedged':>7} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} {'max ms':>8} {'all hedged s':>13} " \
+           f"{'worker RSS MiB':>15}"
+    rows = [f"{r['loans']:>6} {r['hedged']:>7} {r['p50_ms']:>8} {r['p95_ms']:>8} {r['p99_ms']:>8} {r['max_ms']:>8} "
+            f"{r['all_hedged_s'] if r['all_hedged_s'] is not None else '-':>13} {r['worker_rss_mib']:>15}" for r in runs]
+    return "\n".join([head, *rows])
+
+
+async def main_async(args: argparse.Namespace) -> int:
+    runs = []
+    for n in args.loans:
+        runs.append(await measure(n, timeout_s=args.timeout))
+        print(table(runs[-1:]).splitlines()[-1], file=sys.stderr, flush=True)
+    print("tick → hedge order latency (emulator publish → emulator receives the order)")
+    print(table(runs))
+    if args.json:
+        Path(args.json).write_text(json.dumps({"runs": runs}, indent=1))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--loans", type=int, nargs="+", default=[1, 1000], help="N for each run (default 1 1000)")
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for every hedge order")
+    parser.add_argument("--json", metavar="FILE")
+    args = parser.parse_args(argv)
+    try:
+        return asyncio.run(main_async(args))
+    except KeyboardInterrupt:
+        print("\ninterrupted; the stack was torn down", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
