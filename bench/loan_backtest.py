@@ -224,6 +224,8 @@ class Guard:
     spot: Decimal = ZERO
     traded: Decimal = ZERO
     realisations: int = 0
+    slippage: Decimal = ZERO  # fraction of notional lost on every perp and spot trade (0 here; bench.backtest_loans sets it)
+    slipped: Decimal = ZERO  # what that slippage cost, USDT
     actions: Counter[TreasuryKind] = field(default_factory=Counter)
 
     def unrealised(self, price: Decimal) -> Decimal:
@@ -232,7 +234,9 @@ class Guard:
     def _fee(self, qty: Decimal, price: Decimal) -> Decimal:
         self.traded += qty * price
         fee = qty * price * PERP_TAKER_FEE
-        self.perp_cash -= fee
+        slip = qty * price * self.slippage
+        self.slipped += slip
+        self.perp_cash -= fee + slip
         return fee
 
     def _sell(self, qty: Decimal, price: Decimal) -> None:
@@ -254,7 +258,7 @@ class Guard:
         self.band = band_for(ltv, self.band, self.bands)
         target = hedge_target_btc(self.loan.collateral, self.band, self.bands).quantize(QTY_STEP, ROUND_DOWN)
         realise = realisation_due(self.unrealised(price), ltv, self.loan.debt, self.loan.collateral, price,
-                                  self.bands)
+                                  self.bands, always_repay=self.always_repay)  # as LoanGuardWorkflow._realise
         deploy = self.band == Band.CRITICAL and self.reserve > 0
         if target == self.short and realise == 0 and not deploy:
             return None
@@ -299,8 +303,10 @@ class Guard:
         if action.kind == TreasuryKind.ADD_COLLATERAL:
             bought = action.usdt / price
             fee_btc = bought * SPOT_FEE
+            slip_btc = bought * self.slippage
             self.spot += fee_btc * price
-            self.loan.collateral += bought - fee_btc
+            self.slipped += slip_btc * price
+            self.loan.collateral += bought - fee_btc - slip_btc
         elif action.kind == TreasuryKind.REPAY:
             repaid = min(action.usdt, self.loan.debt)
             self.loan.debt -= repaid
