@@ -24,6 +24,7 @@ from models.loan_guard import FeedSubscription, FeedSubscriptions, FeedWatch, Pr
 from risk.loan import Band, band_for, ltv_pct
 
 REFRESH_S = 1.0
+SIGNALS_IN_FLIGHT = 64
 
 
 @dataclass
@@ -47,6 +48,18 @@ def _tick(ticker: dict) -> PriceTick:
     last = Decimal(str(info.get("lastPrice") or ticker["last"]))
     return PriceTick(last=last, index=Decimal(str(info.get("indexPrice") or last)),
                      mark=Decimal(str(info.get("markPrice") or last)), at=datetime.now(UTC), source="feed")
+
+
+async def signal_loan(client, loan_id: str, tick: PriceTick, gate: asyncio.Semaphore) -> int:
+    """One price signal; many go out at once (a band crossing wakes every loan on the symbol), `gate` bounds
+    how many are in flight."""
+    async with gate:
+        try:
+            await client.get_workflow_handle(loan_workflow_id(loan_id)).signal("price", tick)
+            return 1
+        except RPCError as exc:  # the loan is not running: try again at its keep-alive
+            activity.logger.warning("cannot signal loan %s: %s", loan_id, exc)
+            return 0
 
 
 class FeedActivities:
@@ -75,6 +88,7 @@ class FeedActivities:
         version, refreshed, started = -1, 0.0, time.monotonic()
         sent: dict[str, Sent] = {}
         signals = 0
+        gate = asyncio.Semaphore(SIGNALS_IN_FLIGHT)
         task = asyncio.create_task(pump())
         try:
             while time.monotonic() - started < req.rotate_after_s:
@@ -97,16 +111,13 @@ class FeedActivities:
                 tick = _tick(ticker)
                 activity.heartbeat(f"{req.symbol} {tick.last}, {signals} signals sent")
                 now = time.monotonic()
+                woken = []
                 for sub in subs:
                     due, band, ltv = wake_due(sub, tick, sent.get(sub.loan_id), now)
-                    if not due:
-                        continue
-                    try:
-                        await client.get_workflow_handle(loan_workflow_id(sub.loan_id)).signal("price", tick)
-                        signals += 1
-                    except RPCError as exc:  # the loan is not running: try again at its keep-alive
-                        activity.logger.warning("cannot signal loan %s: %s", sub.loan_id, exc)
-                    sent[sub.loan_id] = Sent(band=band, ltv=ltv, at=now)
+                    if due:
+                        woken.append(sub.loan_id)
+                        sent[sub.loan_id] = Sent(band=band, ltv=ltv, at=now)
+                signals += sum(await asyncio.gather(*(signal_loan(client, loan_id, tick, gate) for loan_id in woken)))
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
