@@ -19,6 +19,7 @@ from models.alerts import (
     Target,
     alert_workflow_id,
     alerts_queue,
+    recipient_targets,
 )
 from models.hedge import Alert
 from models.settings import Settings
@@ -64,11 +65,5 @@ class AlertActivities:
                                     start_signal_args=[raised], rpc_timeout=RPC_TIMEOUT)
 
     def digest_targets(self) -> list[Target]:
-        channel, s = self.settings.alert_digest, self.settings
-        if channel not in self.ready:
-            return []
-        if channel == "slack":
-            return [Target(channel="slack", to=s.slack_channel)] if s.slack_channel else []
-        if channel == "telegram":
-            return [Target(channel="telegram", to=str(c)) for c in s.telegram_chat_ids]
-        return [Target(channel="email", to=e) for e in s.email_to]
+        s = self.settings
+        return recipient_targets({s.alert_digest} & self.ready, s.slack_channel, s.telegram_chat_ids, s.email_to)

@@ -17,7 +17,8 @@ from pydantic import BaseModel, Field, field_validator
 
 from models.hedge import Alert
 
-CHANNELS = ("log", "slack", "telegram", "email")
+DELIVERY_CHANNELS = ("slack", "telegram", "email")
+CHANNELS = ("log", *DELIVERY_CHANNELS)
 ROUTE_KEYS = ("INFO", "WARNING", "CRITICAL", "ACTION")
 RANK = {"INFO": 0, "WARNING": 1, "CRITICAL": 2}
 DEFAULT_ROUTES = {"INFO": ["log"], "WARNING": ["log", "slack"], "CRITICAL": ["log", "slack", "telegram", "email"],
@@ -30,15 +31,39 @@ def parse_routes(text: str) -> dict[str, list[str]]:
     routes: dict[str, list[str]] = {}
     for part in filter(None, (p.strip() for p in text.split(";"))):
         key, sep, value = part.partition("=")
-        key = key.strip().upper()
-        if not sep or key not in ROUTE_KEYS:
+        if not sep:
             raise ValueError(f"{part!r} is not SEVERITY=channel[,channel] with SEVERITY one of {', '.join(ROUTE_KEYS)}")
-        channels = [c.strip().lower() for c in value.split(",") if c.strip()]
+        routes[key] = value.split(",")
+    return checked_routes(routes)
+
+
+def checked_routes(routes: dict[str, list[str] | str]) -> dict[str, list[str]]:
+    """Routes as written in the environment or the alerts file, keys upper-cased, channels known."""
+    out: dict[str, list[str]] = {}
+    for raw_key, raw_channels in routes.items():
+        key = raw_key.strip().upper()
+        if key not in ROUTE_KEYS:
+            raise ValueError(f"{raw_key!r} is not SEVERITY=channel[,channel] with SEVERITY one of {', '.join(ROUTE_KEYS)}")
+        listed = raw_channels.split(",") if isinstance(raw_channels, str) else raw_channels
+        channels = [c.strip().lower() for c in listed if c.strip()]
         unknown = [c for c in channels if c not in CHANNELS]
         if unknown:
             raise ValueError(f"{key}: unknown channel {unknown[0]!r}; channels: {', '.join(CHANNELS)}")
-        routes[key] = channels
-    return routes
+        out[key] = channels
+    return out
+
+
+def recipient_targets(channels: set[str] | frozenset[str], slack: str | None, chats: list[int],
+                      emails: list[str]) -> list[Target]:
+    """One target per recipient of each channel in `channels`."""
+    out: list[Target] = []
+    if "slack" in channels and slack:
+        out.append(Target(channel="slack", to=slack))
+    if "telegram" in channels:
+        out += [Target(channel="telegram", to=str(c)) for c in chats]
+    if "email" in channels:
+        out += [Target(channel="email", to=e) for e in emails]
+    return out
 
 
 class Recipients(BaseModel):
@@ -61,7 +86,7 @@ class RouteOverride(BaseModel):
     @field_validator("routes")
     @classmethod
     def _routes(cls, value: dict[str, list[str]]) -> dict[str, list[str]]:
-        return parse_routes(";".join(f"{k}={','.join(v)}" for k, v in value.items()))
+        return checked_routes(value)
 
 
 class Target(BaseModel):
@@ -75,8 +100,7 @@ class AlertRouting(BaseModel):
     books: dict[str, RouteOverride] = Field(default_factory=dict)
     exposures: dict[str, RouteOverride] = Field(default_factory=dict)
 
-    def targets(self, alert: Alert, *, configured: frozenset[str] = frozenset({"slack", "telegram", "email"})
-                ) -> list[Target]:
+    def targets(self, alert: Alert, *, configured: frozenset[str] = frozenset(DELIVERY_CHANNELS)) -> list[Target]:
         """Where `alert` goes, beyond the log. Channels without credentials (`configured`) are left out; the
         worker says so at start."""
         key = "ACTION" if alert.category == "action" else alert.severity
@@ -90,14 +114,7 @@ class AlertRouting(BaseModel):
             slack = override.slack_channel or slack
             chats += [c for c in override.telegram_chat_ids if c not in chats]
             emails += [e for e in override.email_to if e not in emails]
-        out: list[Target] = []
-        if "slack" in routes and "slack" in configured and slack:
-            out.append(Target(channel="slack", to=slack))
-        if "telegram" in routes and "telegram" in configured:
-            out += [Target(channel="telegram", to=str(c)) for c in chats]
-        if "email" in routes and "email" in configured:
-            out += [Target(channel="email", to=e) for e in emails]
-        return out
+        return recipient_targets(set(routes) & configured, slack, chats, emails)
 
 
 # -- what the alert workflow receives, carries and sends ---------------------------------------------------

@@ -17,7 +17,7 @@ from typing import Annotated, Literal
 from pydantic import AliasChoices, BaseModel, Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from models.alerts import DEFAULT_ROUTES, AlertRouting, Recipients, parse_routes
+from models.alerts import DEFAULT_ROUTES, DELIVERY_CHANNELS, AlertRouting, Recipients, checked_routes, parse_routes
 
 ENV_PREFIX = "HEDGEGUARD_"
 CHAT_SECRETS = {"slack": "bot_token", "telegram": "bot_token", "smtp": "password"}
@@ -134,15 +134,8 @@ class Settings(BaseSettings):
     @field_validator("alert_digest")
     @classmethod
     def _digest(cls, value: str) -> str:
-        if value and value not in ("slack", "telegram", "email"):
+        if value and value not in DELIVERY_CHANNELS:
             raise ValueError(f"{value!r}: the digest goes to slack, telegram or email (or empty: off)")
-        return value
-
-    @field_validator("smtp_address")
-    @classmethod
-    def _smtp(cls, value: str) -> str:
-        if not _HOSTPORT_RE.match(value):
-            raise ValueError(f"{value!r} is not host:port")
         return value
 
     @field_validator("alerts_file")
@@ -219,7 +212,7 @@ class Settings(BaseSettings):
                 raise ValueError(f"{venue} lists an account twice")
         return accounts
 
-    @field_validator("temporal_address")
+    @field_validator("temporal_address", "smtp_address")
     @classmethod
     def _address(cls, value: str) -> str:
         if not _HOSTPORT_RE.match(value):
@@ -319,7 +312,7 @@ def _read_routing_file(path: Path) -> AlertRouting:
     try:
         with path.open("rb") as fh:
             raw = tomllib.load(fh)
-        given = parse_routes(";".join(f"{k}={','.join(v)}" for k, v in raw.get("routes", {}).items()))
+        given = checked_routes(raw.get("routes", {}))
         return AlertRouting(routes={**DEFAULT_ROUTES, **given}, books=raw.get("book", {}), exposures=raw.get("exposure", {}))
     except (OSError, tomllib.TOMLDecodeError, ValidationError, ValueError, TypeError) as exc:
         raise ValueError(f"alerts file {path}: {exc}") from None
