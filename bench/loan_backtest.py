@@ -6,17 +6,22 @@ A BTC-collateralised USDT loan is enrolled at 40 % LTV (``--ltv``) at the first 
 1 BTC of collateral (``--collateral``), and walked through the file's price points (sim.replay.path_points:
 open, nearer extreme, other extreme, close of every bar). At every point the guard does what the rules say:
 LTV from the price, the band via ``band_for`` (keeping the previous band), the hedge target via
-``hedge_target_btc``, profit to realise via ``realisation_due``, which then goes through ``allocate`` (buy
-BTC spot and add it as collateral, repay, or keep as reserve); an optional enrolment reserve (``--reserve``,
-% of the debt, held in USDT) repays debt down to the target LTV once the band is CRITICAL.
+``hedge_target_btc``, profit to realise via ``realisation_due``; the hedge's realised PnL not yet allocated
+goes through ``allocate`` (buy BTC spot and add it as collateral, repay, or keep as reserve) once it reaches
+LoanTiming's 10 USDT minimum, as in LoanGuardWorkflow; an optional enrolment reserve (``--reserve``, % of the
+debt, held in USDT) repays debt down to the target LTV once the band is CRITICAL. ``run(trace=...)`` lists each
+point's decisions; tests/test_loan_crash_scenario.py holds them against the real workflows.
 
 How execution is modelled, and what it leaves out (read before trusting a figure):
 
 - Reaction delay: a decision taken at point i (hedge change, realisation, treasury action, reserve repayment)
   takes effect at point i + N (``--delay``, default 1 point = a third of a bar) at that point's price. While
-  a decision is in flight no other is taken; the next one is taken at the point where it lands.
-- Fills at the point's price with no spread or slippage; the points are the bars' extremes, so in a crash
-  the real fills would have been worse. Orders are rounded to Bybit's 0.001 BTC step.
+  a decision is in flight no other is taken; the next one is taken at the point where it lands. With no
+  delay the guard decides again at the same price after acting, as the workflow reads the loan and its band
+  again after a treasury action.
+- Fills at the point's price with no spread or slippage (``run(slippage=...)`` moves every fill against the
+  taker, in its price); the points are the bars' extremes, so in a crash the real fills would have been
+  worse. Orders are rounded to Bybit's 0.001 BTC step.
 - Perp taker fee 0.055 % (Bybit linear taker) on every hedge trade. A realisation closes part of the short
   and re-opens it (the re-hedge), so it pays the fee twice; that round trip is counted as "realise" cost,
   the other hedge trades as "fees". Where the target falls in the same step, the re-open is netted away.
@@ -30,8 +35,11 @@ How execution is modelled, and what it leaves out (read before trusting a figure
 - Liquidation at 91 % LTV (``Bands.liquidation``): the collateral covers the debt and the rest comes back in
   USDT with no liquidation penalty (flatters whoever is liquidated); the guard then closes the hedge.
 - Hedge margin is not modelled: the perp account is assumed to hold enough USDT not to be liquidated.
-  Profit from the hedge's own reductions stays in the perp account; only realisations go to the treasury.
-- Equity (USDT) = collateral x price - debt + perp account (realised + funding - fees) + the open short
+- The treasury spends what the hedge's ledger shows realised (closes + funding - fees), as the workflow does:
+  a hedge closed at a loss (the band back to SAFE after a rebound) has to earn that loss back before later
+  profit reaches the loan. At CRITICAL only the enrolment reserve repays; the workflow also spends the
+  treasury's reserve (fee buffers, RESERVE allocations) there, which is not modelled.
+- Equity (USDT) = collateral x price - debt + perp account (realised + funding - fees - allocated) + the open short
   marked at the last price (no closing fee) + treasury cash (reserve and fee buffer) + enrolment reserve.
   "unhedged" is the same loan with no guard at all, holding the same enrolment reserve idle.
 
@@ -50,6 +58,7 @@ from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from pathlib import Path
 
+from models.loan_guard import LoanTiming
 from risk.loan import (
     HUNDRED,
     ZERO,
@@ -68,6 +77,7 @@ PERP_TAKER_FEE = Decimal("0.00055")  # Bybit linear perpetual taker
 SPOT_FEE = Decimal("0.001")  # Bybit spot taker, charged in the asset bought
 INTEREST_PER_HOUR = Decimal("0.0000057")
 QTY_STEP = Decimal("0.001")  # Bybit BTCUSDT order quantity step
+MIN_TREASURY_USDT = LoanTiming().min_treasury_usdt  # the guard's: smaller realisations and allocations wait
 SYMBOL = "BTCUSDT"
 SETTLEMENT_HOURS = 8
 
@@ -144,6 +154,18 @@ class Decision:
     deploy_reserve: bool
 
 
+@dataclass(frozen=True)
+class Step:
+    """What the guard decided at one price point (``run(trace=...)``): the band and hedge target it read there
+    and the treasury actions it took there, named as LoanGuardWorkflow's TreasuryRecord.kind."""
+
+    index: int
+    bands: tuple[Band, ...]  # the band read at the point's price, then any it moved to after a treasury action
+    target_btc: Decimal
+    treasury: tuple[tuple[str, Decimal], ...] = ()  # (kind, USDT): repay, add_collateral, reserve, deploy_reserve
+    ltv: Decimal | None = None  # once it was done there; None once liquidated
+
+
 @dataclass
 class Result:
     window: str
@@ -215,7 +237,7 @@ class Guard:
     reserve: Decimal
     short: Decimal = ZERO
     entry: Decimal = ZERO
-    perp_cash: Decimal = ZERO  # realised PnL kept in the perp account + funding - fees
+    perp_cash: Decimal = ZERO  # realised PnL not yet allocated + funding - fees (+ margin put in by a subclass)
     treasury_cash: Decimal = ZERO  # RESERVE amounts and the fee buffer
     band: Band = Band.SAFE
     fees: Decimal = ZERO
@@ -224,9 +246,21 @@ class Guard:
     spot: Decimal = ZERO
     traded: Decimal = ZERO
     realisations: int = 0
-    slippage: Decimal = ZERO  # fraction of notional lost on every perp and spot trade (0 here; bench.backtest_loans sets it)
+    # fraction of the price every perp and spot trade fills worse by (0 here; bench.backtest_loans sets it); a perp
+    # fill's slippage is in its price, so in the short's entry and PnL, as the venue's figures the guard reads
+    slippage: Decimal = ZERO
     slipped: Decimal = ZERO  # what that slippage cost, USDT
     actions: Counter[TreasuryKind] = field(default_factory=Counter)
+    min_treasury: Decimal = MIN_TREASURY_USDT
+    closed_pnl: Decimal = ZERO  # trading PnL of every BTC of short closed
+    allocated: Decimal = ZERO  # of hedge_realised, what the treasury has taken
+    target: Decimal = ZERO  # the hedge target of the last decision
+    moves: list[tuple[str, Decimal]] = field(default_factory=list)  # every treasury action, in order
+
+    @property
+    def hedge_realised(self) -> Decimal:
+        """The hedge ledger's realised PnL, all-in as LoanGuardWorkflow reads it: closes + funding - fees."""
+        return self.closed_pnl - self.fees - self.realisation - self.funding
 
     def unrealised(self, price: Decimal) -> Decimal:
         return self.short * (self.entry - price)
@@ -234,18 +268,23 @@ class Guard:
     def _fee(self, qty: Decimal, price: Decimal) -> Decimal:
         self.traded += qty * price
         fee = qty * price * PERP_TAKER_FEE
-        slip = qty * price * self.slippage
-        self.slipped += slip
-        self.perp_cash -= fee + slip
+        self.perp_cash -= fee
         return fee
+
+    def _fill(self, qty: Decimal, price: Decimal, side: str) -> Decimal:
+        """The price a perp trade of qty fills at: the point's price, worse by the slippage."""
+        slip = price * self.slippage
+        self.slipped += qty * slip
+        return price + slip if side == "buy" else price - slip
 
     def _sell(self, qty: Decimal, price: Decimal) -> None:
         self.entry = (self.short * self.entry + qty * price) / (self.short + qty)
         self.short += qty
 
     def _buy(self, qty: Decimal, price: Decimal) -> Decimal:
-        """Close qty of the short; the realised PnL, not yet booked anywhere."""
+        """Close qty of the short; the realised PnL, not yet in any cash balance."""
         pnl = qty * (self.entry - price)
+        self.closed_pnl += pnl
         self.short -= qty
         if self.short == 0:
             self.entry = ZERO
@@ -257,22 +296,23 @@ class Guard:
         ltv = self.loan.ltv(price)
         self.band = band_for(ltv, self.band, self.bands)
         target = hedge_target_btc(self.loan.collateral, self.band, self.bands).quantize(QTY_STEP, ROUND_DOWN)
+        self.target = target
         realise = realisation_due(self.unrealised(price), ltv, self.loan.debt, self.loan.collateral, price,
-                                  self.bands, always_repay=self.always_repay)  # as LoanGuardWorkflow._realise
+                                  self.bands, minimum_usdt=self.min_treasury,
+                                  always_repay=self.always_repay)  # as LoanGuardWorkflow._realise
         deploy = self.band == Band.CRITICAL and self.reserve > 0
         if target == self.short and realise == 0 and not deploy:
             return None
         return Decision(index + delay, target, realise, deploy)
 
     def execute(self, decision: Decision, price: Decimal) -> None:
-        realised = ZERO
         reopen_allowance = ZERO
         per_btc = self.entry - price
         if decision.realise_usdt > 0 and self.short > 0 and per_btc > 0:
             qty = min(self.short, decision.realise_usdt / per_btc).quantize(QTY_STEP, ROUND_DOWN)
             if qty > 0:
                 self.realisation += self._fee(qty, price)
-                realised = self._buy(qty, price)
+                self.perp_cash += self._buy(qty, self._fill(qty, price, "buy"))
                 reopen_allowance = qty
                 self.realisations += 1
         target = decision.target_btc if decision.target_btc is not None else self.short
@@ -283,22 +323,28 @@ class Guard:
                 self.realisation += self._fee(reopen, price)
             if change > reopen:
                 self.fees += self._fee(change - reopen, price)
-            self._sell(change, price)
+            self._sell(change, self._fill(change, price, "sell"))
         elif change < 0:
             self.fees += self._fee(-change, price)
-            self.perp_cash += self._buy(-change, price)  # a reduction's PnL stays in the perp account
-        if realised > 0 and not self.loan.liquidated:
-            self._treasury(realised, price)
-        elif realised:
-            self.perp_cash += realised
+            self.perp_cash += self._buy(-change, self._fill(-change, price, "buy"))
+        if not self.loan.liquidated:
+            self._treasury(price)
         if decision.deploy_reserve and not self.loan.liquidated and self.reserve > 0:
             amount = min(self.reserve, repay_to_reach(self.loan.debt, self.loan.collateral, price, self.bands.target))
             self.reserve -= amount
             self.loan.debt -= amount
+            self.moves.append(("deploy_reserve", amount))
 
-    def _treasury(self, realised: Decimal, price: Decimal) -> None:
-        action = allocate(realised, self.loan.ltv(price), self.bands, always_repay=self.always_repay)
+    def _treasury(self, price: Decimal) -> None:
+        """LoanGuardWorkflow._treasury: the hedge's realised PnL not yet allocated, once it reaches the minimum."""
+        available = self.hedge_realised - self.allocated
+        if available < max(self.min_treasury, Decimal("0.01")):
+            return
+        self.allocated += available
+        self.perp_cash -= available
+        action = allocate(available, self.loan.ltv(price), self.bands, always_repay=self.always_repay)
         self.actions[action.kind] += 1
+        self.moves.append((action.kind.name.lower(), action.kept if action.kind == TreasuryKind.RESERVE else action.usdt))
         self.treasury_cash += action.kept
         if action.kind == TreasuryKind.ADD_COLLATERAL:
             bought = action.usdt / price
@@ -336,8 +382,10 @@ def settlements_between(after: datetime, until: datetime) -> list[datetime]:
 
 
 def run(window: Window, policy: Policy, funding: FundingHistory, *, delay: int = 1, collateral: Decimal = Decimal(1),
-        start_ltv: Decimal = Decimal(40), reserve_pct: Decimal = ZERO) -> Result:
-    """Walk one window with one policy; the unhedged loan is walked alongside for comparison."""
+        start_ltv: Decimal = Decimal(40), reserve_pct: Decimal = ZERO, min_treasury: Decimal = MIN_TREASURY_USDT,
+        slippage: Decimal = ZERO, trace: list[Step] | None = None) -> Result:
+    """Walk one window with one policy; the unhedged loan is walked alongside for comparison. `trace`, if given,
+    gets a Step for every point of a hedged policy."""
     if delay < 0:
         raise ValueError("the reaction delay cannot be negative")
     points = window.points
@@ -345,7 +393,8 @@ def run(window: Window, policy: Policy, funding: FundingHistory, *, delay: int =
     bands = policy.bands()
     reserve = debt * reserve_pct / HUNDRED
     hedged = policy.multipliers is not None
-    guard = Guard(bands, policy.always_repay, Loan(collateral, debt), reserve if hedged else ZERO)
+    guard = Guard(bands, policy.always_repay, Loan(collateral, debt), reserve if hedged else ZERO,
+                  min_treasury=min_treasury, slippage=slippage)
     bare = Loan(collateral, debt)
     max_ltv = bare_max = ZERO
     missing = 0
@@ -355,6 +404,7 @@ def run(window: Window, policy: Policy, funding: FundingHistory, *, delay: int =
     price_pnl = ZERO
     for index, point in enumerate(points):
         price = point.price
+        moved = len(guard.moves)
         if index:
             step = price - points[index - 1].price
             price_pnl += (guard.loan.collateral - guard.short) * step if hedged else bare.collateral * step
@@ -378,11 +428,23 @@ def run(window: Window, policy: Policy, funding: FundingHistory, *, delay: int =
             bare_max = max(bare_max, bare.ltv(price))
         bare.check_liquidation(price, bands)
         guard.loan.check_liquidation(price, bands)
+        read = [guard.band]
         if hedged and pending is None:
-            pending = guard.decide(index, price, delay)
-            if pending is not None and pending.due <= index:
+            # a decision that lands at once is followed by the next one at the same price, as the workflow
+            # re-reads the loan and its band after every treasury action
+            for _ in range(8):
+                pending = guard.decide(index, price, delay)
+                if read[-1] != guard.band:
+                    read.append(guard.band)
+                if pending is None or pending.due > index:
+                    break
                 guard.execute(pending, price)
                 pending = None
+            else:
+                raise RuntimeError(f"{window.name} point {index}: the guard keeps deciding at one price")
+        if trace is not None and hedged:
+            ltv = None if guard.loan.liquidated else guard.loan.ltv(price)
+            trace.append(Step(index, tuple(read[1:] or read), guard.target, tuple(guard.moves[moved:]), ltv))
     last = points[-1].price
     if not hedged:
         max_ltv, liquidated = bare_max, bare.liquidated
