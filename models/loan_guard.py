@@ -33,8 +33,10 @@ class BandSettings(BaseModel):
     Multiplier defaults come from the backtest over the real crash files (`python -m bench.loan_backtest`):
     the issue's 0.5 / 0.8 / 1.0 let the LTV pass 50 % in the 2020 and 2021 crashes (50.94, 50.15), because
     a hedge of at most the collateral can only hold the LTV where it is, never bring it down. 1.0 / 1.2 /
-    1.5 (net short from DANGER up) kept the worst LTV at 49.02 % with the default treasury and at or
-    below 50 % for every reaction delay tried with always-repay. See docs in README's loan section."""
+    1.5 (net short from DANGER up) kept the worst LTV under 50 % on those files at a one-point reaction delay
+    (48.80 % with the default treasury, 46.91 % with always-repay); always-repay at a three-point delay
+    reaches 50.70 % in March 2020 (a hedge loss in the rebound is earned back before the treasury spends).
+    See the README's loan section and bench/README.md."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
