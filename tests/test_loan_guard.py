@@ -4,6 +4,8 @@ stale feed is noticed and the price polled."""
 
 from __future__ import annotations
 
+import asyncio
+import time
 from decimal import Decimal as D
 
 import pytest
@@ -91,9 +93,15 @@ async def test_pause_resume_and_force_close(dev_env, loan_worker, sim, paper_set
     await wait_loan(handle, lambda v: v.ltv_pct is not None)
     await handle.signal("pause")
     sim.market.set_price("BTCUSDT", D("52700"))  # CAUTION
-    view = await wait_loan(handle, lambda v: v.band == "CAUTION" and v.paused)
+    view = await wait_loan(handle, lambda v: v.band == "CAUTION" and v.paused and v.hedge_id is not None)
+    deadline = time.monotonic() + 10
+    while not (hedge := await hedge_view(dev_env.client, view.hedge_id)).paused:  # its start and pause are signals
+        assert time.monotonic() < deadline, hedge
+        await asyncio.sleep(0.1)
+    await asyncio.sleep(1.0)  # a hedge that traded on its target before the pause would have sent an order by now
     hedge = await hedge_view(dev_env.client, view.hedge_id)
     assert hedge.paused and hedge.current == 0 and hedge.open_order is None  # watched, not traded
+    assert not [o for o in sim.engines["bybit"].account_by_name("ops").orders if o.client_id]
     await handle.signal("resume")
     view = await wait_loan(handle, lambda v: not v.paused and v.hedge_current_btc == v.hedge_target_btc > 0, within_s=60)
     first_hedge = view.hedge_id

@@ -398,6 +398,10 @@ class LoanGuardWorkflow:
                 pass  # a previous run started it: steer it by signals as usual
             self.hedge_started, self.sent_target, self.sent_urgency = True, target, urgency
             self.hedge_paused_sent = False
+            if self.paused and workflow.patched("pause-before-retarget"):
+                # a paused guard's new hedge must hold its target, not trade on it before the pause arrives
+                await self._signal_hedge("pause", f"{BOOK_SENDER} {self.inp.loan_id}")
+                self.hedge_paused_sent = True
             self.target_seq += 1
             await self._signal_hedge("retarget", TargetChange(target=target, urgency=urgency, seq=self.target_seq))
         if self.paused != self.hedge_paused_sent:
