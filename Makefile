@@ -23,13 +23,14 @@ venv: $(STAMP)
 run: $(STAMP)
 	$(PY) scripts/devstack.py --scenario $(SCENARIO)
 
-## The whole test suite, offline (lint first: a lint error fails it too). The quick tests run on two processes;
-## the slow scenario tests (crash replays, chaos) then run alone, so their timing is not shared with others.
+## The whole test suite, offline (lint first: a lint error fails it too). Everything but the crash replays runs
+## on two processes; the crash replays (marked solo: the scenario and the chaos run) then run alone, so the
+## guard they race against does not share the machine with other tests.
 ## Fails when either part fails, and when neither ran a test (pytest's exit 5 is "no test selected").
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
-	@quick=0; $(VENV)/bin/pytest -n 2 -m "not slow" $(PYTEST_ARGS) || quick=$$?; \
-	 slow=0; $(VENV)/bin/pytest -m slow $(PYTEST_ARGS) || slow=$$?; \
+	@quick=0; $(VENV)/bin/pytest -n 2 -m "not solo" $(PYTEST_ARGS) || quick=$$?; \
+	 slow=0; $(VENV)/bin/pytest -m solo $(PYTEST_ARGS) || slow=$$?; \
 	 if [ $$quick -eq 5 ] && [ $$slow -eq 5 ]; then echo "no test ran"; exit 5; fi; \
 	 for s in $$quick $$slow; do if [ $$s -ne 0 ] && [ $$s -ne 5 ]; then exit $$s; fi; done
 
