@@ -268,6 +268,8 @@ class LoanGuardWorkflow:
             return
         if self.collateral > 0:
             self._evaluate()
+            if workflow.patched("hedge-before-subscribe"):
+                await self._steer_hedge()  # a band change reaches the hedge before the feed hears of it
             await self._subscribe()
         else:
             self.ltv = None  # no loan at the venue any more: the hedge target falls to 0 with the collateral
