@@ -1,5 +1,5 @@
 """Chaos: the 19 May 2021 crash (real 1-minute Binance perp bars from ../shared/data, 38,800 -> 28,688 in an
-hour; its first 70 minutes) replayed through the Bybit emulator against a worker killed with SIGKILL at
+hour; its first 64 minutes) replayed through the Bybit emulator against a worker killed with SIGKILL at
 random moments (10 times) and a Temporal dev server killed twice (each time it comes back from its SQLite
 file), while the emulators answer with 5xx, rate limits and timeouts after accepting an order, and Slack,
 Telegram and SMTP fail now and then. A nondeterminism error in the worker's log fails the run at once.
@@ -36,7 +36,7 @@ from tests.test_loan_crash_scenario import CRASH_HEDGE, POINT_S, busy
 pytestmark = [pytest.mark.slow, pytest.mark.solo, pytest.mark.timeout(600)]
 
 CRASH = "btcusdt_binance_perp_1m_2021-05-19_crash.csv"
-MINUTES = 70  # 12:10 to 13:20: the fall to the 13:10 low and the first rebound (the file runs to 14:24)
+MINUTES = 64  # 12:10 to 13:14: the fall to the 13:10 low and the turn (the file runs to 14:24)
 COLLATERAL = D("10")
 WORKER_KILLS = 10
 SERVER_KILLS = 2
