@@ -24,7 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.stack import BenchStack
+from bench.stack import BenchStack, cache_for
 from models.loan_guard import LoanGuardInput, LoanView
 from models.settings import Settings
 
@@ -111,8 +111,7 @@ async def wait_all_watching(handles: list, within_s: float) -> None:
 
 async def measure(n: int, *, timeout_s: float) -> dict:
     print(f"N = {n}: starting a fresh stack", file=sys.stderr, flush=True)
-    # the worker's cache holds every loan's guard and hedge: an evicted workflow is replayed on its next task
-    async with BenchStack(price=START_PRICE, worker_env={"HEDGEGUARD_MAX_CACHED_WORKFLOWS": str(2 * n + 100)}) as stack:
+    async with BenchStack(price=START_PRICE, worker_env={"HEDGEGUARD_MAX_CACHED_WORKFLOWS": str(cache_for(n))}) as stack:
         assert stack.sim is not None
         accounts = await open_loans(stack, n)
         handles = await enrol(stack, accounts)

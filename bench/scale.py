@@ -51,7 +51,7 @@ import aiohttp
 
 from activities.venues import paper_credentials
 from bench.latency import CAUTION_PRICE, DEBT, START_PRICE, percentile
-from bench.stack import BenchStack, rss_mib
+from bench.stack import BenchStack, cache_for, rss_mib
 from models.loan_guard import FeedSubscriptions, LoanGuardInput, feed_workflow_id
 
 TASK_QUEUE = "bench"
@@ -304,11 +304,6 @@ async def wait_hedged(stack: BenchStack, tail: CallTail, accounts: set[str], t0_
         print("  warning: the call log evicted entries before they were read; some orders may be missed",
               file=sys.stderr)
     return first
-
-
-def cache_for(n: int) -> int:
-    """Every loan's guard and hedge, the feed and some room: an evicted workflow is replayed on its next task."""
-    return 2 * n + 100
 
 
 async def measure(n: int, *, timeout_s: float, rest_s: float = 15.0, stall_s: float = 120.0, max_cached: int | None = None,

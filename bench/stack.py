@@ -41,13 +41,17 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def cache_for(loans: int) -> int:
+    """The worker's workflow cache for N loans: every guard and hedge, the feed and some room (an evicted
+    workflow is replayed from its history on its next task)."""
+    return 2 * loans + 100
+
+
 class BenchStack:
-    def __init__(self, *, price: Decimal, worker_env: dict[str, str] | None = None, chat: bool = False,
-                 hold_timeout_s: float = 3.0) -> None:
+    def __init__(self, *, price: Decimal, worker_env: dict[str, str] | None = None, chat: bool = False) -> None:
         self.price = price
         self.worker_env = worker_env or {}
         self.chat = chat
-        self.hold_timeout_s = hold_timeout_s
         self.dir = Path(tempfile.mkdtemp(prefix="hedgeguard-bench-"))
         self.procs: dict[str, subprocess.Popen] = {}
         self.sim: Simulator | None = None
@@ -57,8 +61,7 @@ class BenchStack:
         self.grpc = free_port()
         self.address = f"127.0.0.1:{self.grpc}"
         self.start_temporal()
-        self.sim = Simulator(prices={"BTCUSDT": self.price, "ETHUSDT": Decimal("3000")},
-                             hold_timeout_s=self.hold_timeout_s)
+        self.sim = Simulator(prices={"BTCUSDT": self.price, "ETHUSDT": Decimal("3000")}, hold_timeout_s=3.0)
         urls = await self.sim.start(ports={"control": 0, "bybit": 0, "binanceusdm": 0}, chat=self.chat)
         self.client = await self.connect()
         self.env = {"HEDGEGUARD_TEMPORAL_ADDRESS": self.address, "HEDGEGUARD_TASK_QUEUE": "bench",

@@ -24,13 +24,14 @@ from collections import Counter
 from datetime import datetime
 from decimal import Decimal as D
 
-import aiohttp
 import pytest
 from temporalio.client import WorkflowHandle
 
 from activities.store import Store
 from bench.stack import BenchStack
 from models.loan_guard import LoanGuardInput, LoanTiming, LoanView
+from models.settings import Settings
+from tests.loan_helpers import open_loan
 from tests.test_loan_crash_scenario import CRASH_HEDGE, POINT_S, busy
 
 pytestmark = [pytest.mark.slow, pytest.mark.solo, pytest.mark.timeout(600)]
@@ -106,19 +107,6 @@ class Chaos:
         self.note(point, f"{venue} {kind} {params}")
 
 
-async def open_loan(stack: BenchStack, debt: D) -> None:
-    from activities.venues import ensure_paper_account
-    from models.settings import Settings
-
-    assert stack.sim is not None
-    control = stack.sim.urls["control"]
-    await ensure_paper_account(Settings(paper_control_url=control, metrics_bind=""), "bybit", "chaos")
-    async with aiohttp.ClientSession() as http:
-        async with http.post(f"{control}/control/loans", json={
-                "account": "chaos", "collateral_btc": str(COLLATERAL), "debt_usdt": str(debt)}) as resp:
-            assert resp.status == 200, await resp.text()
-
-
 def critical_messages(stack: BenchStack) -> dict[str, list[dict]]:
     assert stack.sim is not None
     out: dict[str, list[dict]] = {}
@@ -180,7 +168,8 @@ async def test_crash_under_chaos_keeps_every_promise(tmp_path):
         stack.sim.step_replay(1)
         first = stack.sim.market.quote("BTCUSDT").last
         debt = (COLLATERAL * first * D("0.40")).quantize(D("0.01"))
-        await open_loan(stack, debt)
+        await open_loan(stack.sim, Settings(paper_control_url=stack.sim.urls["control"], metrics_bind=""), "chaos",
+                        str(COLLATERAL), str(debt))
         inp = LoanGuardInput(loan_id="CHAOS-1", account="chaos", timing=TIMING, hedge_policy=CRASH_HEDGE)
         handle = await stack.client.start_workflow("LoanGuardWorkflow", inp, id=inp.workflow_id, task_queue="bench")
         deadline = time.monotonic() + 60
