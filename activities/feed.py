@@ -1,4 +1,4 @@
-"""The per-symbol price feed: one websocket ticker stream, many loans. A loan is signalled only when its
+"""The per-symbol price feed: one websocket ticker stream per feed shard, many loans. A loan is signalled only when its
 band changes, its LTV moves more than its step, or its keep-alive interval passes, so a busy market does
 not flood loan histories.
 
@@ -37,10 +37,24 @@ class Sent:
 def wake_due(sub: FeedSubscription, tick: PriceTick, sent: Sent | None, now: float) -> tuple[bool, Band, Decimal]:
     """Whether this tick is worth a signal to the loan, and the band and LTV it puts the loan in."""
     ltv = ltv_pct(sub.debt, sub.collateral_btc, tick.last, tick.index)
-    band = band_for(ltv, Band(sub.band), sub.bands.bands())
+    # the band last told to the loan is where it stands (a loan does not re-subscribe for a band change)
+    band = band_for(ltv, sent.band if sent is not None else Band(sub.band), sub.bands.bands())
     due = (sent is None or band != sent.band or abs(ltv - sent.ltv) >= sub.ltv_step_pct
            or now - sent.at >= sub.keepalive_s)
     return due, band, ltv
+
+
+def reanchor(before: list[FeedSubscription], now: list[FeedSubscription], sent: dict[str, Sent]) -> list[FeedSubscription]:
+    """A loan that subscribed again (new debt, collateral or bands) said where it stands: its band is the new
+    anchor. Loans gone are forgotten."""
+    old = {sub.loan_id: sub for sub in before}
+    for sub in now:
+        mark = sent.get(sub.loan_id)
+        if mark is not None and old.get(sub.loan_id) != sub:
+            mark.band = Band(sub.band)
+    for loan_id in sent.keys() - {sub.loan_id for sub in now}:
+        del sent[loan_id]
+    return now
 
 
 def _tick(ticker: dict) -> PriceTick:
@@ -51,11 +65,13 @@ def _tick(ticker: dict) -> PriceTick:
 
 
 async def signal_loan(client, loan_id: str, tick: PriceTick, gate: asyncio.Semaphore) -> int:
-    """One price signal; many go out at once (a band crossing wakes every loan on the symbol), `gate` bounds
-    how many are in flight."""
+    """One price signal; many go out at once (a band crossing wakes every loan of the shard), `gate` bounds
+    how many are in flight. Each heartbeats (the SDK sends at most one per interval): a long round of signals
+    is progress, not a hung stream."""
     async with gate:
         try:
             await client.get_workflow_handle(loan_workflow_id(loan_id)).signal("price", tick)
+            activity.heartbeat(f"{tick.last}: signalling loans")
             return 1
         except RPCError as exc:  # the loan is not running: try again at its keep-alive
             activity.logger.warning("cannot signal loan %s: %s", loan_id, exc)
@@ -94,10 +110,11 @@ class FeedActivities:
             while time.monotonic() - started < req.rotate_after_s:
                 now = time.monotonic()
                 if now - refreshed >= REFRESH_S:
-                    current: FeedSubscriptions = await own.query("subscriptions", result_type=FeedSubscriptions)
+                    current: FeedSubscriptions = await own.query("subscriptions", version,
+                                                                 result_type=FeedSubscriptions)
                     refreshed = now
-                    if current.version != version:
-                        version, subs = current.version, current.subscriptions
+                    if not current.unchanged and current.version != version:
+                        version, subs = current.version, reanchor(subs, current.subscriptions, sent)
                 if task.done():  # the stream pump died of something other than a dropped socket: fail, be retried
                     task.result()
                     raise RuntimeError("ticker stream pump stopped")

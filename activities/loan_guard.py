@@ -36,6 +36,7 @@ from models.loan_guard import (
     PriceTick,
     TreasuryOutcome,
     TreasuryRequest,
+    feed_shard,
     feed_workflow_id,
 )
 
@@ -155,23 +156,26 @@ class LoanGuardActivities:
         return TreasuryOutcome(key=req.key, kind="margin_topup", usdt=req.usdt)
 
     # -- the price feed's subscriptions ----------------------------------------------------------------
-    def _feed(self, venue: str, symbol: str) -> WorkflowHandle:
-        return activity.client().get_workflow_handle(feed_workflow_id(venue, symbol))
+    def _feed(self, venue: str, symbol: str, loan_id: str) -> WorkflowHandle:
+        return activity.client().get_workflow_handle(feed_workflow_id(venue, symbol, feed_shard(loan_id)))
 
     @activity.defn(name="feed_subscribe")
     async def subscribe(self, sub: FeedSubscription) -> None:
-        """Start the symbol's feed if it is not running, and tell it about this loan."""
+        """Start the loan's feed shard if it is not running, and tell it about this loan."""
+        shard = feed_shard(sub.loan_id)
         await activity.client().start_workflow(
-            "PriceFeedWorkflow", FeedInput(venue=sub.venue, symbol=sub.symbol), id=feed_workflow_id(sub.venue, sub.symbol),
+            "PriceFeedWorkflow", FeedInput(venue=sub.venue, symbol=sub.symbol, shard=shard),
+            id=feed_workflow_id(sub.venue, sub.symbol, shard),
             task_queue=activity.info().task_queue, id_conflict_policy=WorkflowIDConflictPolicy.USE_EXISTING,
             start_signal="subscribe", start_signal_args=[sub],
-            static_summary=f"price feed · {sub.symbol} on {sub.venue} · wakes loans on band changes and LTV steps")
+            static_summary=f"price feed · {sub.symbol} on {sub.venue}, shard {shard} · wakes loans on band changes "
+                           "and LTV steps")
 
     @activity.defn(name="feed_unsubscribe")
     async def unsubscribe(self, req: FeedUnsubscribe) -> None:
         from temporalio.service import RPCError
 
         try:
-            await self._feed(req.venue, req.symbol).signal("unsubscribe", req)
+            await self._feed(req.venue, req.symbol, req.loan_id).signal("unsubscribe", req)
         except RPCError:
             pass  # no feed running: nothing to leave

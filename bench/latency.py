@@ -24,8 +24,8 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.stack import BenchStack, cache_for
-from models.loan_guard import LoanGuardInput, LoanView
+from bench.stack import BenchStack, cache_for, subscribed_loans
+from models.loan_guard import LoanGuardInput
 from models.settings import Settings
 
 START_PRICE = Decimal("60000")
@@ -87,26 +87,19 @@ async def enrol(stack: BenchStack, accounts: list[str]) -> list:
     return await bounded(len(accounts), 50, make)
 
 
-async def wait_all_watching(handles: list, within_s: float) -> None:
-    """Every guard has an LTV from the feed: the crossing tick will find them all subscribed."""
+async def wait_all_watching(stack: BenchStack, loan_ids: set[str], within_s: float) -> None:
+    """Every guard is subscribed to its feed shard: the crossing tick will wake them all. (The shards are asked,
+    not each guard: a thousand queries a second would load the worker being measured.)"""
+    assert stack.client is not None
     deadline = time.monotonic() + within_s
-    pending = list(handles)
-    while pending:
-        async def ready(h) -> bool:
-            try:
-                view = await h.query("state", result_type=LoanView)
-            except Exception:
-                return False
-            return view.ltv_pct is not None and view.price_source == "feed"
-        flags = []
-        for i in range(0, len(pending), 50):
-            flags += await asyncio.gather(*(ready(h) for h in pending[i:i + 50]))
-        pending = [h for h, ok in zip(pending, flags, strict=True) if not ok]
-        progress(f"guards watching the feed {len(handles) - len(pending)}/{len(handles)}")
-        if pending and time.monotonic() > deadline:
-            raise RuntimeError(f"{len(pending)} loan guards have no feed price after {within_s:.0f} s")
-        if pending:
-            await asyncio.sleep(1.0)
+    while True:
+        missing = loan_ids - await subscribed_loans(stack.client)
+        progress(f"guards watching the feed {len(loan_ids) - len(missing)}/{len(loan_ids)}")
+        if not missing:
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{len(missing)} loan guards not subscribed to the feed after {within_s:.0f} s")
+        await asyncio.sleep(1.0)
 
 
 async def measure(n: int, *, timeout_s: float) -> dict:
@@ -115,7 +108,7 @@ async def measure(n: int, *, timeout_s: float) -> dict:
         assert stack.sim is not None
         accounts = await open_loans(stack, n)
         handles = await enrol(stack, accounts)
-        await wait_all_watching(handles, within_s=max(60.0, n * 0.2))
+        await wait_all_watching(stack, {h.id.removeprefix("loan-") for h in handles}, within_s=max(60.0, n * 0.2))
         await asyncio.sleep(2.0)  # let the feed's first round of keep-alives pass
         rss_rest = stack.rss("worker")
         wanted = set(accounts)

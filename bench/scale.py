@@ -14,7 +14,7 @@ this process. The phases, each with its progress on stderr (done / total, elapse
    60,000 set here, not market history), opened on the in-process loan book directly: POST /control/loans
    answers with a snapshot of every loan, so opening N loans through it costs O(N^2) (see bench/README.md).
 2. enrolment: a LoanGuardWorkflow per loan with production timings (50 start RPCs in flight); a loan is
-   enrolled once the symbol's PriceFeedWorkflow lists it among its subscriptions (the feed wakes exactly its
+   enrolled once its feed shard (a PriceFeedWorkflow) lists it among its subscriptions (the feed wakes exactly its
    subscribers). `enrol_s` runs from the first start RPC to the last subscription, `enrol_per_s` = enrolled /
    enrol_s; `start_per_s` is the start RPC rate alone. When no loan has subscribed for `--stall` seconds, the
    bench says so and goes on with `enrolled` < N (a guard without feed ticks polls the price itself).
@@ -42,7 +42,6 @@ import shutil
 import signal
 import sys
 import time
-from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
@@ -51,8 +50,8 @@ import aiohttp
 
 from activities.venues import paper_credentials
 from bench.latency import CAUTION_PRICE, DEBT, START_PRICE, percentile
-from bench.stack import BenchStack, cache_for, rss_mib
-from models.loan_guard import FeedSubscriptions, LoanGuardInput, feed_workflow_id
+from bench.stack import BenchStack, cache_for, rss_mib, subscribed_loans
+from models.loan_guard import LoanGuardInput
 
 TASK_QUEUE = "bench"
 STARTS_IN_FLIGHT = 50
@@ -251,15 +250,12 @@ async def wait_subscribed(stack: BenchStack, loan_ids: set[str], *, since: float
     """Until the feed workflow lists every loan as a subscriber (one query a second), `within_s` has passed, or
     the count has not grown for `stall_s`. Returns the count and the seconds from `since` to its last growth."""
     assert stack.client is not None
-    feed = stack.client.get_workflow_handle(feed_workflow_id("bybit", "BTCUSDT"))
     progress = Progress("loans subscribed to the feed", len(loan_ids), since=since)
     count, error, grew = 0, "", time.monotonic()
     while True:
         worker_alive(stack)
         try:
-            subs: FeedSubscriptions = await feed.query("subscriptions", result_type=FeedSubscriptions,
-                                                       rpc_timeout=timedelta(seconds=10))
-            seen = sum(1 for s in subs.subscriptions if s.loan_id in loan_ids)
+            seen = len(await subscribed_loans(stack.client) & loan_ids)
             if seen > count:
                 count, grew = seen, time.monotonic()
             error = ""

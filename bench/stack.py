@@ -14,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 
@@ -45,6 +46,22 @@ def cache_for(loans: int) -> int:
     """The worker's workflow cache for N loans: every guard and hedge, the feed and some room (an evicted
     workflow is replayed from its history on its next task)."""
     return 2 * loans + 100
+
+
+async def subscribed_loans(client: Client, venue: str = "bybit", symbol: str = "BTCUSDT") -> set[str]:
+    """Loan ids the symbol's feed shards list as subscribed (a shard not running lists none)."""
+    from temporalio.service import RPCError
+
+    from models.loan_guard import FeedSubscriptions, feed_workflow_ids
+
+    async def one(feed_id: str) -> list[str]:
+        try:
+            subs: FeedSubscriptions = await client.get_workflow_handle(feed_id).query(
+                "subscriptions", result_type=FeedSubscriptions, rpc_timeout=timedelta(seconds=10))
+        except RPCError:
+            return []
+        return [s.loan_id for s in subs.subscriptions]
+    return {loan for ids in await asyncio.gather(*(one(f) for f in feed_workflow_ids(venue, symbol))) for loan in ids}
 
 
 class BenchStack:

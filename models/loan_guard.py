@@ -6,6 +6,7 @@ LTVs here are percent (40 = 40 %); LoanSnapshot.ltv (from the venue) is a fracti
 
 from __future__ import annotations
 
+import hashlib
 from datetime import datetime
 from decimal import Decimal
 from typing import Any
@@ -23,8 +24,22 @@ def loan_workflow_id(loan_id: str) -> str:
     return f"loan-{loan_id}"
 
 
-def feed_workflow_id(venue: str, symbol: str) -> str:
-    return f"feed-{venue}-{symbol}"
+FEED_SHARDS = 16  # loans of one symbol are spread over this many feed workflows; fixed, as loans are routed by it
+
+
+def feed_shard(loan_id: str) -> int:
+    """The feed shard a loan subscribes to: a stable hash of its id, so every subscribe of a loan lands on one
+    workflow. One feed for thousands of loans jammed: its signal stream outran its continue-as-new."""
+    return int.from_bytes(hashlib.sha256(loan_id.encode()).digest()[:4], "big") % FEED_SHARDS
+
+
+def feed_workflow_id(venue: str, symbol: str, shard: int) -> str:
+    return f"feed-{venue}-{symbol}-{shard:02d}"
+
+
+def feed_workflow_ids(venue: str, symbol: str) -> list[str]:
+    """Every shard's feed id for a symbol (the ones with no loan subscribed are not running)."""
+    return [feed_workflow_id(venue, symbol, shard) for shard in range(FEED_SHARDS)]
 
 
 class BandSettings(BaseModel):
@@ -197,6 +212,7 @@ class FeedSubscription(BaseModel):
 class FeedInput(BaseModel):
     venue: str
     symbol: str
+    shard: int | None = None  # None: a feed started before shards (one per symbol)
     subscriptions: dict[str, FeedSubscription] = Field(default_factory=dict)
     version: int = 0
 
@@ -211,6 +227,7 @@ class FeedWatch(BaseModel):
 class FeedSubscriptions(BaseModel):
     version: int
     subscriptions: list[FeedSubscription]
+    unchanged: bool = False  # the asker already has this version: `subscriptions` is left empty
 
 
 class FeedUnsubscribe(BaseModel):

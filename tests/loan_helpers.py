@@ -12,7 +12,7 @@ from temporalio.client import Client, WorkflowHandle
 from temporalio.service import RPCError
 
 from activities.venues import ensure_paper_account
-from models.loan_guard import BandSettings, LoanGuardInput, LoanTiming, LoanView, feed_workflow_id
+from models.loan_guard import BandSettings, LoanGuardInput, LoanTiming, LoanView, feed_workflow_ids
 from workflows.loan_guard import LoanGuardWorkflow
 
 FAST = LoanTiming(sync_every_s=5, stale_after_s=4, poll_every_s=1, keepalive_s=2, hedge_check_s=1)
@@ -59,10 +59,11 @@ async def end_loan_workflows(client: Client) -> None:
             await client.get_workflow_handle(wf.id, run_id=wf.run_id).terminate("test finished")
         except RPCError:
             pass
-    try:
-        await client.get_workflow_handle(feed_workflow_id("bybit", "BTCUSDT")).terminate("test finished")
-    except RPCError:
-        pass
+    for feed in feed_workflow_ids("bybit", "BTCUSDT"):  # the list above can lag a just-started feed
+        try:
+            await client.get_workflow_handle(feed).terminate("test finished")
+        except RPCError:
+            pass
 
 
 def btc(value: str | int | float) -> D:

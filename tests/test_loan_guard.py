@@ -11,7 +11,7 @@ from decimal import Decimal as D
 import pytest
 
 from models.hedge import HedgeView, OrderPolicy
-from models.loan_guard import feed_workflow_id
+from models.loan_guard import feed_shard, feed_workflow_id
 from risk.pricing import round_down_to_step as lots
 from tests.loan_helpers import FAST, end_loan_workflows, enrol, open_loan, record_if_asked, wait_loan
 from workflows.hedge import HedgeWorkflow
@@ -59,7 +59,9 @@ async def test_a_fall_through_every_band_grows_the_hedge_then_recovery_shrinks_i
     assert view.hedge_target_btc == 0 and view.hedge_current_btc == 0
     assert view.ltv_pct < 44
     await record_if_asked(dev_env.client, handle.id, "LoanGuardWorkflow-fall-and-recovery")
-    await record_if_asked(dev_env.client, feed_workflow_id("bybit", "BTCUSDT"), "PriceFeedWorkflow-one-loan")
+    await record_if_asked(dev_env.client, f"hedge-{view.hedge_id}", "HedgeWorkflow-loan-fall-and-recovery")
+    await record_if_asked(dev_env.client, feed_workflow_id("bybit", "BTCUSDT", feed_shard("FALL-1")),
+                          "PriceFeedWorkflow-one-loan")
 
 
 @pytest.mark.parametrize("always_repay", [False, True], ids=["collateral", "always-repay"])

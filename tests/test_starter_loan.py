@@ -18,7 +18,7 @@ from temporalio.testing import WorkflowEnvironment
 
 import starter
 from activities.venues import ensure_paper_account
-from models.loan_guard import LoanView, feed_workflow_id, loan_workflow_id
+from models.loan_guard import LoanView, feed_workflow_ids, loan_workflow_id
 from worker import build_worker
 from workflows.loan_guard import LoanGuardWorkflow
 
@@ -71,7 +71,7 @@ async def cleanup(dev_env: WorkflowEnvironment):
     loans: list[str] = []
     yield loans
     client = dev_env.client
-    ids = {feed_workflow_id("bybit", "BTCUSDT")} | {loan_workflow_id(loan) for loan in loans}
+    ids = set(feed_workflow_ids("bybit", "BTCUSDT")) | {loan_workflow_id(loan) for loan in loans}
     for loan in loans:
         async for wf in client.list_workflows(f'ExposureId="{loan}" AND ExecutionStatus="Running"'):
             ids.add(wf.id)

@@ -1,5 +1,6 @@
-"""PriceFeedWorkflow: one per venue and symbol (`feed-bybit-BTCUSDT`), keeps the feed_watch activity
-running while any loan is subscribed. Loans subscribe through the feed_subscribe activity (signal-with-start)
+"""PriceFeedWorkflow: one per venue, symbol and shard (`feed-bybit-BTCUSDT-07`, the shard a hash of the loan id);
+keeps the feed_watch activity running while any of its loans is subscribed. Loans subscribe through the
+feed_subscribe activity (signal-with-start)
 and leave with unsubscribe; the activity reads the list through the `subscriptions` query.
 
 A feed that dies is not a loan that goes blind: each loan notices a silent feed itself and polls.
@@ -20,6 +21,7 @@ with workflow.unsafe.imports_passed_through():
 
 IDLE_EXIT = timedelta(hours=1)  # no loan subscribed this long: the feed ends (the next subscribe restarts it)
 CONTINUE_AS_NEW_AFTER = 2000
+SHOW_LOANS = 20  # loan ids listed in the UI's details
 
 
 @workflow.defn
@@ -42,7 +44,10 @@ class PriceFeedWorkflow:
             self.version += 1
 
     @workflow.query
-    def subscriptions(self) -> FeedSubscriptions:
+    def subscriptions(self, known_version: int = -1) -> FeedSubscriptions:
+        """The loans to watch; just the version when the asker (the activity, every second) has it already."""
+        if known_version == self.version:
+            return FeedSubscriptions(version=self.version, subscriptions=[], unchanged=True)
         return FeedSubscriptions(version=self.version, subscriptions=list(self.subs.values()))
 
     @workflow.run
@@ -50,8 +55,8 @@ class PriceFeedWorkflow:
         while True:
             if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(FeedInput(venue=inp.venue, symbol=inp.symbol, subscriptions=self.subs,
-                                                   version=self.version))
+                workflow.continue_as_new(FeedInput(venue=inp.venue, symbol=inp.symbol, shard=inp.shard,
+                                                   subscriptions=self.subs, version=self.version))
             self._show()
             if not self.subs:
                 try:
@@ -78,5 +83,8 @@ class PriceFeedWorkflow:
         return continue_as_new_due(CONTINUE_AS_NEW_AFTER)
 
     def _show(self) -> None:
-        loans = ", ".join(sorted(self.subs)) or "none"
-        workflow.set_current_details(f"**{self.inp.symbol}** on {self.inp.venue}\n- loans subscribed: {loans}")
+        ids = sorted(self.subs)
+        loans = ", ".join(ids[:SHOW_LOANS]) + (f" and {len(ids) - SHOW_LOANS} more" if len(ids) > SHOW_LOANS else "")
+        shard = f" (shard {self.inp.shard})" if self.inp.shard is not None else ""
+        workflow.set_current_details(f"**{self.inp.symbol}** on {self.inp.venue}{shard}\n"
+                                     f"- {len(ids)} loans subscribed: {loans or 'none'}")

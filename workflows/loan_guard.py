@@ -345,9 +345,13 @@ class LoanGuardWorkflow:
         sub = FeedSubscription(loan_id=self.inp.loan_id, venue=self.inp.venue, account=self.inp.account,
                                symbol=self.inp.symbol, debt=self.principal + self.interest, collateral_btc=self.collateral,
                                bands=self.cfg, band=int(self.band), keepalive_s=t.keepalive_s, ltv_step_pct=t.ltv_step_pct)
-        if sub != self.subscribed and not self.unenrolling:
-            await workflow.execute_activity("feed_subscribe", sub, **VENUE_CALL)
-            self.subscribed = sub
+        if sub == self.subscribed or self.unenrolling:
+            return
+        if (self.subscribed is not None and sub.model_copy(update={"band": self.subscribed.band}) == self.subscribed
+                and workflow.patched("no-resubscribe-for-band")):
+            return  # only the band moved: the feed told us of it and anchors on what it told
+        await workflow.execute_activity("feed_subscribe", sub, **VENUE_CALL)
+        self.subscribed = sub
 
     # -- the hedge ------------------------------------------------------------------------------------
     def _hedge_id(self) -> str:
