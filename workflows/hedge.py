@@ -376,8 +376,14 @@ class HedgeWorkflow:
         if step is None:
             self.blocked = None
             return
-        quote: QuoteFacts = await workflow.execute_activity("hedge_quote", MarketRequest(ref=self.ref),
-                                                            result_type=QuoteFacts, **VENUE_CALL)
+        quote: QuoteFacts
+        if workflow.patched("local-quote"):
+            # a read, run in this workflow task: no round trip through the server before the order goes out
+            quote = await workflow.execute_local_activity("hedge_quote", MarketRequest(ref=self.ref),
+                                                          result_type=QuoteFacts, **VENUE_CALL)
+        else:
+            quote = await workflow.execute_activity("hedge_quote", MarketRequest(ref=self.ref),
+                                                    result_type=QuoteFacts, **VENUE_CALL)
         if self._next_step() != step or not self._may_place():
             return  # a signal changed the picture while the quote was fetched: plan again
         rung = self.policy.ladder[min(self.step, len(self.policy.ladder) - 1)]
