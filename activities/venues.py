@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import ssl
 
 import aiohttp
+import certifi
 from pydantic import SecretStr
 
 from activities.ccxt_venue import BinanceUsdmVenue, BybitVenue, CcxtVenue
@@ -49,6 +51,7 @@ class VenuePool:
         self.settings = settings
         self._venues: dict[tuple[str, str], CcxtVenue] = {}
         self._lock = asyncio.Lock()
+        self._ssl: ssl.SSLContext | None = None
 
     async def get(self, venue: str, account: str) -> CcxtVenue:
         key = (venue, account)
@@ -65,12 +68,22 @@ class VenuePool:
             raise VenueError(venue, f"unsupported venue; hedgeguard trades {', '.join(BUILDERS)}")
         if self.settings.mode == "paper":
             await ensure_paper_account(self.settings, venue, account)
-            return builder.build(account, paper_credentials(venue, account), base_url=self.settings.paper_url(venue),
-                                  rate_limit=False, timeout_ms=self.settings.venue_timeout_ms)
-        if account not in self.settings.accounts.get(venue, []):
-            raise VenueError(venue, f"account {account!r} is not in HEDGEGUARD_ACCOUNTS")
-        return builder.build(account, self.settings.credentials(venue, account), base_url=None, rate_limit=True,
-                             timeout_ms=self.settings.venue_timeout_ms)
+            client = builder.build(account, paper_credentials(venue, account), base_url=self.settings.paper_url(venue),
+                                   rate_limit=False, timeout_ms=self.settings.venue_timeout_ms)
+        else:
+            if account not in self.settings.accounts.get(venue, []):
+                raise VenueError(venue, f"account {account!r} is not in HEDGEGUARD_ACCOUNTS")
+            client = builder.build(account, self.settings.credentials(venue, account), base_url=None, rate_limit=True,
+                                   timeout_ms=self.settings.venue_timeout_ms)
+        client.ex.ssl_context = self._tls()  # ccxt would load the CA bundle again for every client
+        return client
+
+    def _tls(self) -> ssl.SSLContext:
+        """One TLS context for every client: the same CA bundle ccxt uses (certifi), loaded once. Each client
+        loading its own cost ~700 KiB and tens of ms of CPU: the largest part of a client, one per account."""
+        if self._ssl is None:
+            self._ssl = ssl.create_default_context(cafile=certifi.where())
+        return self._ssl
 
     async def close(self) -> None:
         for venue in self._venues.values():
