@@ -58,3 +58,14 @@ def test_a_loan_always_lands_on_the_same_shard_and_loans_spread_over_all():
     assert min(counts) > 2000 / FEED_SHARDS / 2  # no shard left empty or carrying double its share
     assert max(counts) < 2000 / FEED_SHARDS * 2
     assert feed_workflow_id("bybit", "BTCUSDT", 7) == "feed-bybit-BTCUSDT-07"
+
+
+def test_keep_alives_of_loans_woken_together_drift_apart():
+    from activities.feed import keepalive_spread
+
+    spreads = {keepalive_spread(f"LAT-{i:05d}") for i in range(1000)}
+    assert all(0.8 <= s <= 1.0 for s in spreads) and len(spreads) > 100
+    told = Sent(band=Band.SAFE, ltv=D(40), at=0.0)
+    due_at_55 = [wake_due(sub(loan_id=f"LAT-{i:05d}").model_copy(update={"keepalive_s": 60}), tick("60000"), told,
+                          now=55.0)[0] for i in range(1000)]
+    assert 0 < sum(due_at_55) < 1000  # some are due at 55 s of 60, not all in the same second
