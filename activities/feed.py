@@ -72,7 +72,7 @@ def _tick(ticker: dict) -> PriceTick:
                      mark=Decimal(str(info.get("markPrice") or last)), at=datetime.now(UTC), source="feed")
 
 
-async def signal_loan(client, loan_id: str, tick: PriceTick, gate: asyncio.Semaphore) -> int:
+async def signal_loan(client, loan_id: str, tick: PriceTick, gate: asyncio.Semaphore) -> bool:
     """One price signal; many go out at once (a band crossing wakes every loan of the shard), `gate` bounds
     how many are in flight. Each heartbeats (the SDK sends at most one per interval): a long round of signals
     is progress, not a hung stream."""
@@ -80,10 +80,10 @@ async def signal_loan(client, loan_id: str, tick: PriceTick, gate: asyncio.Semap
         try:
             await client.get_workflow_handle(loan_workflow_id(loan_id)).signal("price", tick)
             activity.heartbeat(f"{tick.last}: signalling loans")
-            return 1
-        except RPCError as exc:  # the loan is not running: try again at its keep-alive
+            return True
+        except RPCError as exc:  # not running, or the server too busy to answer: the next tick tries again
             activity.logger.warning("cannot signal loan %s: %s", loan_id, exc)
-            return 0
+            return False
 
 
 class FeedActivities:
@@ -140,13 +140,16 @@ class FeedActivities:
                 tick = _tick(ticker)
                 activity.heartbeat(f"{req.symbol} {tick.last}, {signals} signals sent")
                 now = time.monotonic()
-                woken = []
+                woken: list[tuple[str, Sent]] = []
                 for sub in subs:
                     due, band, ltv = wake_due(sub, tick, sent.get(sub.loan_id), now)
                     if due:
-                        woken.append(sub.loan_id)
-                        sent[sub.loan_id] = Sent(band=band, ltv=ltv, at=now)
-                signals += sum(await asyncio.gather(*(signal_loan(client, loan_id, tick, gate) for loan_id in woken)))
+                        woken.append((sub.loan_id, Sent(band=band, ltv=ltv, at=now)))
+                delivered = await asyncio.gather(*(signal_loan(client, loan_id, tick, gate) for loan_id, _ in woken))
+                for (loan_id, told), ok in zip(woken, delivered, strict=True):
+                    if ok:  # a signal that failed is not "told": the loan is due again on the next tick
+                        sent[loan_id] = told
+                signals += sum(delivered)
         finally:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
