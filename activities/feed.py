@@ -122,7 +122,7 @@ class FeedActivities:
                     current: FeedSubscriptions = await own.query("subscriptions", version,
                                                                  result_type=FeedSubscriptions)
                     refreshed = now
-                    if not current.unchanged and current.version != version:
+                    if current.version != version:
                         version, subs = current.version, reanchor(subs, current.subscriptions, sent)
                 if task.done():  # the stream pump died of something other than a dropped socket: fail, be retried
                     task.result()

@@ -247,7 +247,7 @@ async def start_guards(stack: BenchStack, accounts: list[str]) -> float:
 
 async def wait_subscribed(stack: BenchStack, loan_ids: set[str], *, since: float, within_s: float,
                           stall_s: float) -> tuple[int, float]:
-    """Until the feed workflow lists every loan as a subscriber (one query a second), `within_s` has passed, or
+    """Until the feed shards list every loan as a subscriber (one query round a second), `within_s` has passed, or
     the count has not grown for `stall_s`. Returns the count and the seconds from `since` to its last growth."""
     assert stack.client is not None
     progress = Progress("loans subscribed to the feed", len(loan_ids), since=since)

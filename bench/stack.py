@@ -20,7 +20,9 @@ from pathlib import Path
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.service import RPCError
 
+from models.loan_guard import FeedSubscriptions, feed_workflow_ids
 from models.search_attributes import dev_server_flags
 from sim.server import Simulator
 
@@ -50,10 +52,6 @@ def cache_for(loans: int) -> int:
 
 async def subscribed_loans(client: Client, venue: str = "bybit", symbol: str = "BTCUSDT") -> set[str]:
     """Loan ids the symbol's feed shards list as subscribed (a shard not running lists none)."""
-    from temporalio.service import RPCError
-
-    from models.loan_guard import FeedSubscriptions, feed_workflow_ids
-
     async def one(feed_id: str) -> list[str]:
         try:
             subs: FeedSubscriptions = await client.get_workflow_handle(feed_id).query(

@@ -231,9 +231,10 @@ class FeedWatch(BaseModel):
 
 
 class FeedSubscriptions(BaseModel):
+    """Empty when the asker named this version as the one it has."""
+
     version: int
     subscriptions: list[FeedSubscription]
-    unchanged: bool = False  # the asker already has this version: `subscriptions` is left empty
 
 
 class FeedUnsubscribe(BaseModel):

@@ -1,7 +1,7 @@
 """PriceFeedWorkflow: one per venue, symbol and shard (`feed-bybit-BTCUSDT-07`, the shard a hash of the loan id);
 keeps the feed_watch activity running while any of its loans is subscribed. Loans subscribe through the
-feed_subscribe activity (signal-with-start)
-and leave with unsubscribe; the activity reads the list through the `subscriptions` query.
+feed_subscribe activity (signal-with-start) and leave with unsubscribe; the activity reads the list through
+the `subscriptions` query.
 
 A feed that dies is not a loan that goes blind: each loan notices a silent feed itself and polls.
 """
@@ -47,7 +47,7 @@ class PriceFeedWorkflow:
     def subscriptions(self, known_version: int = -1) -> FeedSubscriptions:
         """The loans to watch; just the version when the asker (the activity, every second) has it already."""
         if known_version == self.version:
-            return FeedSubscriptions(version=self.version, subscriptions=[], unchanged=True)
+            return FeedSubscriptions(version=self.version, subscriptions=[])
         return FeedSubscriptions(version=self.version, subscriptions=list(self.subs.values()))
 
     @workflow.run
