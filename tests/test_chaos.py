@@ -179,13 +179,14 @@ async def test_crash_under_chaos_keeps_every_promise(tmp_path):
 
         total = min(int(replay.status()["points_total"]), MINUTES * 4)
         # the moments: spread over the window (each in its own stretch), so the kills meet every phase of it
+        # (the loop below acts at points 2 .. total: point 1 is where the replay stands when it starts)
         stretch = (total - 2) // WORKER_KILLS
-        worker_at = {1 + i * stretch + rng.randrange(stretch) for i in range(WORKER_KILLS)}
+        worker_at = {2 + i * stretch + rng.randrange(stretch) for i in range(WORKER_KILLS)}
         server_at: set[int] = set()
         for lo, hi in ((total // 4, total // 2), (total // 2, 3 * total // 4)):
             server_at.add(rng.choice([p for p in range(lo, hi) if p not in worker_at]))
-        fault_at = {rng.randrange(1, total) for _ in range(12)}
-        chat_at = {rng.randrange(1, total) for _ in range(6)}
+        fault_at = {rng.randrange(2, total) for _ in range(12)}
+        chat_at = {rng.randrange(2, total) for _ in range(6)}
         assert len(worker_at) == WORKER_KILLS and len(server_at) == SERVER_KILLS
 
         started, point = time.monotonic(), 1
