@@ -24,13 +24,13 @@ run: $(STAMP)
 	$(PY) scripts/devstack.py --scenario $(SCENARIO)
 
 ## The whole test suite, offline (lint first: a lint error fails it too). Everything but the crash replays runs
-## on two processes; the crash replays (marked solo: the scenario and the chaos run) then run alone, so the
-## guard they race against does not share the machine with other tests.
+## on two processes; the two crash replays (marked solo: the March 2020 scenario and the chaos run) then run
+## side by side, one process each, so the guards they race against share the machine with nothing else.
 ## Fails when either part fails, and when neither ran a test (pytest's exit 5 is "no test selected").
 test: $(STAMP)
 	$(VENV)/bin/ruff check .
 	@quick=0; $(VENV)/bin/pytest -n 2 -m "not solo" $(PYTEST_ARGS) || quick=$$?; \
-	 slow=0; $(VENV)/bin/pytest -m solo $(PYTEST_ARGS) || slow=$$?; \
+	 slow=0; $(VENV)/bin/pytest -n 2 -m solo $(PYTEST_ARGS) || slow=$$?; \
 	 if [ $$quick -eq 5 ] && [ $$slow -eq 5 ]; then echo "no test ran"; exit 5; fi; \
 	 for s in $$quick $$slow; do if [ $$s -ne 0 ] && [ $$s -ne 5 ]; then exit $$s; fi; done
 
