@@ -14,7 +14,7 @@ import sys
 from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.worker import Worker
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import build_activities, build_alert_activities
@@ -39,6 +39,14 @@ log = logging.getLogger("hedgeguard.worker")
 SANDBOX = SandboxedWorkflowRunner(restrictions=SandboxRestrictions.default.with_passthrough_modules("models", "risk"))
 
 
+def workflow_runner(settings: Settings) -> WorkflowRunner:
+    """Unsandboxed by default: the sandbox re-imports workflows/ for every run and wraps the stdlib, which made
+    each loan's guard and hedge cost about twice the CPU and memory (bench.latency, bench.scale). What the
+    sandbox would refuse (a clock read, I/O, random) is still caught: the replay tests run every recorded
+    history inside it."""
+    return SANDBOX if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
+
+
 def build_worker(client: Client, settings: Settings, store: Store, venues: VenuePool, *,
                  task_queue: str | None = None) -> Worker:
     """The worker exactly as production registers it; tests build theirs with this too."""
@@ -47,7 +55,7 @@ def build_worker(client: Client, settings: Settings, store: Store, venues: Venue
         task_queue=task_queue or settings.task_queue,
         workflows=ALL_WORKFLOWS,
         activities=build_activities(settings, store, venues),
-        workflow_runner=SANDBOX,
+        workflow_runner=workflow_runner(settings),
         max_cached_workflows=settings.max_cached_workflows,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
@@ -61,7 +69,7 @@ def build_alert_worker(client: Client, settings: Settings, channels: ChatChannel
         task_queue=alerts_queue(task_queue or settings.task_queue),
         workflows=ALERT_WORKFLOWS,
         activities=build_alert_activities(settings, channels),
-        workflow_runner=SANDBOX,
+        workflow_runner=workflow_runner(settings),
         max_cached_workflows=1000,
         graceful_shutdown_timeout=timedelta(seconds=5),
     )

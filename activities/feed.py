@@ -2,6 +2,9 @@
 band changes, its LTV moves more than its step, or its keep-alive interval passes, so a busy market does
 not flood loan histories.
 
+A stream silent for STREAM_SILENT_S is reconnected (the activity fails and is retried), and every loan of the
+shard is told (`feed_down`) so it polls the price until ticks come again.
+
 The feed reads its subscriptions from its own workflow (a query, once a second), so a loan whose debt or
 collateral changed is valued with the new figures without restarting the stream.
 """
@@ -86,6 +89,16 @@ async def signal_loan(client, loan_id: str, tick: PriceTick, gate: asyncio.Semap
             return False
 
 
+async def tell_feed_down(client, subs: list[FeedSubscription], why: str, gate: asyncio.Semaphore) -> None:
+    """Every loan of the shard polls the price at once, instead of noticing the silence after its stale_after_s."""
+    async def one(loan_id: str) -> None:
+        async with gate:
+            with contextlib.suppress(RPCError):
+                await client.get_workflow_handle(loan_workflow_id(loan_id)).signal("feed_down", why)
+                activity.heartbeat(f"telling loans: {why}")
+    await asyncio.gather(*(one(sub.loan_id) for sub in subs))
+
+
 class FeedActivities:
     def __init__(self, venues: VenuePool) -> None:
         self.venues = venues
@@ -113,6 +126,7 @@ class FeedActivities:
         last_tick = started
         sent: dict[str, Sent] = {}
         signals = 0
+        told = False  # whether this attempt told any loan a price (so a later silence is news to them)
         gate = asyncio.Semaphore(SIGNALS_IN_FLIGHT)
         task = asyncio.create_task(pump())
         try:
@@ -131,10 +145,14 @@ class FeedActivities:
                     ticker = await asyncio.wait_for(ticks.get(), timeout=REFRESH_S)
                 except TimeoutError:
                     if time.monotonic() - last_tick > STREAM_SILENT_S:  # failing gets a fresh stream by a retry
-                        raise RuntimeError(f"{req.symbol} ticker stream silent for {STREAM_SILENT_S:.0f} s") from None
+                        why = f"{req.symbol} ticker stream silent for {STREAM_SILENT_S:.0f} s"
+                        if told or activity.info().attempt == 1:  # a retry that saw no tick: the loans know already
+                            await tell_feed_down(client, subs, why, gate)
+                        raise RuntimeError(why) from None
                     activity.heartbeat(f"no tick, {signals} signals sent")
                     continue
                 last_tick = time.monotonic()
+                told = True
                 while not ticks.empty():  # only the newest price matters
                     ticker = ticks.get_nowait()
                 tick = _tick(ticker)

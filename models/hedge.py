@@ -42,6 +42,8 @@ class OrderPolicy(BaseModel):
     max_order_qty: Decimal | None = Field(None, gt=0, description="split larger moves into orders this big")
     urgency: Urgency = Urgency.NORMAL
     reconcile_every_s: int = Field(60, ge=10, le=3600)
+    idle_reconcile_every_s: int = Field(1800, ge=10, le=86400,
+                                        description="reconcile interval while flat with no target and no order")
 
     @field_validator("ladder")
     @classmethod

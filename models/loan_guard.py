@@ -97,14 +97,15 @@ class LoanTiming(BaseModel):
 
     sync_every_s: int = Field(300, ge=1, description="read debt, interest and collateral from the venue")
     # Keep-alives are the guard's idle cost: one signal and one workflow task per loan per interval. At 10 s,
-    # 1,000 loans kept a 2-core worker and dev server busy doing nothing (bench.scale, 100 signals a second);
-    # the feed itself reconnects a stream silent for STREAM_SILENT_S, so this is the backstop for a feed that
-    # is not running at all.
-    stale_after_s: int = Field(90, ge=1, description="no feed tick this long: alert and poll the price")
+    # 1,000 loans kept a 2-core worker and dev server busy doing nothing (bench.scale, 100 signals a second).
+    # A feed that loses its stream reconnects after STREAM_SILENT_S and tells its loans (feed_down), which
+    # poll at once; stale_after_s is only the backstop for a feed that is not running at all.
+    stale_after_s: int = Field(900, ge=1, description="no feed tick this long: alert and poll the price")
     poll_every_s: int = Field(5, ge=1, description="price poll interval while the feed is stale")
-    keepalive_s: int = Field(60, ge=1, description="the feed signals at least this often")
+    keepalive_s: int = Field(600, ge=1, description="the feed signals at least this often")
     ltv_step_pct: Decimal = Field(Decimal("0.25"), gt=0, description="the feed signals an LTV move this big")
     hedge_check_s: int = Field(15, ge=1, description="read the hedge's position and margin while hedged")
+    idle_hedge_check_s: int = Field(1800, ge=1, description="read a flat hedge that wants nothing this often")
     margin_distance_pct: Decimal = Field(Decimal("15"), gt=0, le=100,
                                          description="top up hedge margin when mark is this close to its liquidation")
     min_treasury_usdt: Decimal = Field(Decimal("10"), ge=0, description="smaller realised profit waits")

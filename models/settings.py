@@ -79,6 +79,8 @@ class Settings(BaseSettings):
     secrets_file: Path | None = Field(None, description="TOML file with [venue.account] api_key/api_secret")
     metrics_bind: str = Field("127.0.0.1:9464", description="host:port for Prometheus metrics; empty: off")
     state_dir: Path = Field(Path(".state"), description="where make run keeps the dev server's files")
+    workflow_sandbox: bool = Field(False, description="run workflow code in Temporal's import sandbox (slower, more "
+                                   "memory; the replay tests run every recorded history in it either way)")
     max_cached_workflows: int = Field(1000, ge=10, description="workflows the worker keeps in memory (2 per loan: guard"
                                       " and hedge); an evicted one is replayed from its history on its next task")
     # paper mode: the loopback emulators of `python -m sim` (its default ports)

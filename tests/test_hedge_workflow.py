@@ -209,3 +209,28 @@ async def test_funding_and_a_forced_liquidation_reach_the_ledger(ts_env, hedge_w
     types = [e.type for e in store.events("loan-L-1")]
     assert "FUNDING" in types and "LIQUIDATION" in types and store.verify("loan-L-1") == []
     assert any("was liquidated by the venue" in r.getMessage() for r in caplog.records)
+
+
+async def test_an_idle_hedge_reconciles_rarely_and_a_working_one_every_interval(ts_env, hedge_worker, sim):
+    """A loan's hedge exists from enrolment, flat, for months: it must not read the venue every minute."""
+    from models.hedge import OrderPolicy, TargetChange
+    from workflows.hedge import HedgeWorkflow
+
+    def position_reads() -> int:
+        return len([c for c in sim.calls.query("bybit", "/v5/position/list") if c.get("account") == "desk"])
+
+    policy = OrderPolicy(reconcile_every_s=60, idle_reconcile_every_s=1800)
+    handle = await start_hedge(ts_env, hedge_worker, target="0", policy=policy)
+    view = await until(ts_env, handle, lambda v: v.next_timer == "reconcile")
+    assert (view.next_timer_at - await ts_env.get_current_time()).total_seconds() > 1700
+    at_start = position_reads()
+    assert at_start >= 1  # the start-up reconciliation
+    await ts_env.sleep(20 * 60)
+    assert position_reads() == at_start  # 20 idle minutes: no reconciliation
+    await handle.signal(HedgeWorkflow.retarget, TargetChange(target=D("0.01"), urgency="normal", seq=1))
+    await until(ts_env, handle, lambda v: v.open_order is not None)
+    working = position_reads()
+    await ts_env.sleep(3 * 60)
+    assert position_reads() >= working + 2  # working again: every minute
+    await ts_env.sleep(30 * 60)
+    assert position_reads() >= working + 5

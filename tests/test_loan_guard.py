@@ -127,3 +127,19 @@ async def test_a_silent_feed_is_noticed_and_the_price_polled(dev_env, loan_worke
     view = await wait_loan(handle, lambda v: v.feed_stale and v.band == "CAUTION", within_s=12)
     assert view.price_source == "poll" and view.price == D("52700")
     view = await wait_loan(handle, lambda v: not v.feed_stale and v.price_source == "feed", within_s=20)
+
+
+async def test_a_feed_that_loses_its_stream_tells_its_loans_at_once(dev_env, loan_worker, sim, paper_settings):
+    """Production guards wait 15 minutes before calling a silent feed stale (keep-alives are rare, to keep idle
+    loans cheap); the feed itself notices a silent stream in 15 s and tells its loans, which poll."""
+    from activities.feed import STREAM_SILENT_S
+
+    await open_loan(sim, paper_settings, "down", "1", "24000")
+    slow = FAST.model_copy(update={"stale_after_s": 900, "keepalive_s": 600})
+    handle = await enrol(dev_env.client, loan_worker, "DOWN-1", "down", hedge_policy=FAST_HEDGE, timing=slow)
+    await wait_loan(handle, lambda v: v.price_source == "feed" and not v.feed_stale)
+    sim.faults.add("bybit", "ws_silence", seconds=STREAM_SILENT_S + 6)
+    sim.market.set_price("BTCUSDT", D("52700"))  # no tick carries this: only a poll can see it
+    view = await wait_loan(handle, lambda v: v.feed_stale and v.band == "CAUTION", within_s=STREAM_SILENT_S + 10)
+    assert view.price_source == "poll" and view.price == D("52700")
+    view = await wait_loan(handle, lambda v: not v.feed_stale and v.price_source == "feed", within_s=30)

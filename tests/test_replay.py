@@ -1,5 +1,9 @@
 """Every workflow replays its committed histories: a code change that would break running workflows
-(non-determinism) fails here instead of wedging production runs. Each workflow must have one."""
+(non-determinism) fails here instead of wedging production runs. Each workflow must have one.
+
+Each history replays twice: unsandboxed, as the worker runs workflows, and inside Temporal's sandbox, which
+refuses what workflow code must not do (read the clock, do I/O, draw random numbers) on every path the
+recorded runs took."""
 
 from __future__ import annotations
 
@@ -9,7 +13,7 @@ from pathlib import Path
 import pytest
 from temporalio.client import WorkflowHistory
 from temporalio.contrib.pydantic import pydantic_data_converter
-from temporalio.worker import Replayer
+from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
 from worker import SANDBOX
 from workflows import ALERT_WORKFLOWS, ALL_WORKFLOWS
@@ -21,12 +25,13 @@ def histories_of(name: str) -> list[Path]:
     return sorted(HISTORIES.glob(f"{name}*.json"))
 
 
+@pytest.mark.parametrize("runner", [UnsandboxedWorkflowRunner(), SANDBOX], ids=["unsandboxed", "sandboxed"])
 @pytest.mark.parametrize("workflow", ALL_WORKFLOWS + ALERT_WORKFLOWS, ids=lambda w: w.__name__)
-async def test_recorded_histories_replay(workflow):
+async def test_recorded_histories_replay(workflow, runner):
     files = histories_of(workflow.__name__)
     assert files, f"no recorded history for {workflow.__name__} in {HISTORIES}: record one (tests/record_history.py)"
     replayer = Replayer(workflows=ALL_WORKFLOWS + ALERT_WORKFLOWS, data_converter=pydantic_data_converter,
-                        workflow_runner=SANDBOX)
+                        workflow_runner=runner)
     for path in files:
         history = WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
         result = await replayer.replay_workflow(history, raise_on_replay_failure=False)

@@ -9,7 +9,9 @@ One loop, woken by a signal, an update or a timer:
   - when the book says its risk cleared, the hedge waits `expiry_s` (reset if risk returns), then closes
     reduce-only and the workflow ends CLOSED; force_close does the same at once, at urgent pricing;
   - pause cancels the open order and places nothing until resume (force_close still works);
-  - the venue is reconciled at start and every `reconcile_every_s`.
+  - the venue is reconciled at start and every `reconcile_every_s`; a hedge flat, wanting nothing and with no
+    order resting has nothing to drift, and is reconciled every `idle_reconcile_every_s` instead (a thousand
+    idle loans' hedges reconciling every minute kept a worker and dev server busy doing nothing).
 Client order ids are the hedge id plus a sequence number kept here, so no retry or replay sends twice.
 """
 
@@ -107,6 +109,8 @@ class HedgeWorkflow:
         self.blocked: str | None = None
         self.retry_at: datetime | None = None
         self.next_timer: tuple[str, datetime] | None = None
+        self.reconciled_at = workflow.now()
+        self.next_reconcile = self.reconciled_at
         self.wake = False
         self._alerted: dict[str, str] = {}
         self.operator_seq = 0
@@ -199,7 +203,8 @@ class HedgeWorkflow:
     @workflow.run
     async def run(self, inp: HedgeInput) -> HedgeView:
         await self._start_up(inp)
-        next_reconcile = workflow.now() + timedelta(seconds=self.policy.reconcile_every_s)
+        self.reconciled_at = workflow.now()
+        self.next_reconcile = self.reconciled_at + timedelta(seconds=self.policy.reconcile_every_s)
         self._show()
         try:
             while True:
@@ -215,9 +220,10 @@ class HedgeWorkflow:
                         self._close(Urgency.NORMAL)
                     if self.open_order is not None:
                         await self._tend_order(now)
-                    if now >= next_reconcile:
+                    if now >= self.next_reconcile:
                         await self._sync(reconcile=True)
-                        next_reconcile = workflow.now() + timedelta(seconds=self.policy.reconcile_every_s)
+                        self.reconciled_at = workflow.now()
+                        self.next_reconcile = self.reconciled_at + timedelta(seconds=self.policy.reconcile_every_s)
                     if self.retry_at is not None and workflow.now() >= self.retry_at:
                         self.retry_at = None
                     if self._may_place() and self.retry_at is None:
@@ -227,7 +233,7 @@ class HedgeWorkflow:
                 self._show()
                 if self.closing and self.open_order is None and self._flat():
                     return await self._finish()
-                await self._sleep(next_reconcile)
+                await self._sleep()
         except asyncio.CancelledError:
             if self.open_order is not None:  # a cancelled hedge leaves nothing resting at the venue
                 await workflow.execute_activity("hedge_cancel", OrderLookup(
@@ -281,9 +287,16 @@ class HedgeWorkflow:
     def _may_place(self) -> bool:
         return self.open_order is None and (not self.paused or self.forced)
 
-    async def _sleep(self, next_reconcile: datetime) -> None:
+    def _idle(self) -> bool:
+        return (self.target == 0 and self.open_order is None and not self.closing and self.market is not None
+                and self.current == 0)
+
+    async def _sleep(self) -> None:
         now = workflow.now()
-        timers = [("reconcile", next_reconcile)]
+        if self._idle() and workflow.patched("idle-reconcile"):
+            idle_due = self.reconciled_at + timedelta(seconds=self.policy.idle_reconcile_every_s)
+            self.next_reconcile = max(self.next_reconcile, idle_due)
+        timers = [("reconcile", self.next_reconcile)]
         if self.open_order is not None:
             check = now + timedelta(seconds=self.policy.fill_check_s)
             timers.append(("replace", self.open_order.replace_at) if self.open_order.replace_at <= check
@@ -405,6 +418,8 @@ class HedgeWorkflow:
             ref=self.ref, client_order_id=cid, side=step.side, qty=step.qty, price=priced.price,
             time_in_force=priced.time_in_force, reduce_only=step.reduce_only), result_type=PlaceOutcome, **VENUE_CALL)
         self.seq += 1
+        # back from idle: the usual reconciliation cadence (a no-op for a hedge that was never idle)
+        self.next_reconcile = min(self.next_reconcile, workflow.now() + timedelta(seconds=self.policy.reconcile_every_s))
         self.blocked, self.retry_at = None, None
         if outcome.rejected is not None:
             await self._refused(outcome, cid)

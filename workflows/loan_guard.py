@@ -120,6 +120,7 @@ class LoanGuardWorkflow:
         self.ltv: Decimal | None = None
         self.feed_at: datetime | None = None
         self.stale = False
+        self.feed_lost: str | None = None
         self.next_poll: datetime | None = None
         self.next_sync: datetime | None = None
         self.facts: HedgeFacts | None = None
@@ -142,7 +143,14 @@ class LoanGuardWorkflow:
         # from different clocks (a replaying emulator stamps market time)
         if tick.source == "feed":
             self.feed_at = workflow.now()
+            self.feed_lost = None
         self.tick = tick
+        self.wake = True
+
+    @workflow.signal
+    def feed_down(self, why: str) -> None:
+        """The feed lost its stream: poll the price now rather than after `stale_after_s` of silence."""
+        self.feed_lost = why
         self.wake = True
 
     @workflow.signal
@@ -279,7 +287,11 @@ class LoanGuardWorkflow:
                                                          result_type=HedgeFacts, **VENUE_CALL)
             hedged = ((self.sent_target or ZERO) > 0 or self.facts.size != 0 or self.realising is not None
                       or self.closing_hedge)
-            self.next_facts = workflow.now() + timedelta(seconds=t.hedge_check_s if hedged else t.sync_every_s)
+            if hedged:
+                every = t.hedge_check_s
+            else:  # a flat hedge wanting nothing has nothing to report: read it rarely
+                every = t.idle_hedge_check_s if workflow.patched("idle-hedge-check") else t.sync_every_s
+            self.next_facts = workflow.now() + timedelta(seconds=every)
             if self.closing_hedge and self.facts.status == HedgeStatus.CLOSED:
                 self._hedge_ended("closed")
         if self.pending is not None and not self.paused:
@@ -310,12 +322,13 @@ class LoanGuardWorkflow:
         stale_after = timedelta(seconds=t.stale_after_s)
         since = self.feed_at or self._started_at
         assert since is not None
-        fresh = self.feed_at is not None and now - self.feed_at < stale_after
-        if not fresh and (self.tick is None or now - since >= stale_after):
-            if not self.stale and now - since >= stale_after:
+        fresh = self.feed_at is not None and now - self.feed_at < stale_after and self.feed_lost is None
+        if not fresh and (self.tick is None or now - since >= stale_after or self.feed_lost is not None):
+            if not self.stale and (now - since >= stale_after or self.feed_lost is not None):
                 self.stale = True
+                why = self.feed_lost or f"no {self.inp.symbol} tick for {t.stale_after_s} s"
                 self._alert("WARNING", "feed", f"loan {self.inp.loan_id}: price feed stale",
-                            f"no {self.inp.symbol} tick for {t.stale_after_s} s; polling the price every {t.poll_every_s} s")
+                            f"{why}; polling the price every {t.poll_every_s} s")
             if self.next_poll is None or now >= self.next_poll:
                 self.tick = await workflow.execute_activity("loan_price", PriceRequest(
                     venue=self.inp.venue, account=self.inp.account, symbol=self.inp.symbol),
