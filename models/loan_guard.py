@@ -123,8 +123,9 @@ class LoanGuardInput(BaseModel):
                                     description="leverage cap for the hedge short, so its own liquidation stays far off")
     timing: LoanTiming = LoanTiming()
     # a resting order is checked every fill_check_s: at 2 s, a thousand hedged loans polled their orders 500
-    # times a second and the loans still unhedged after a common tick queued behind them (bench.latency)
-    hedge_policy: OrderPolicy = OrderPolicy(replace_after_s=10, fill_check_s=5, reconcile_every_s=60)
+    # times a second and the loans still unhedged after a common tick queued behind them (bench.latency); at
+    # 10 s (the replace interval) the cancel-and-replace is the check, and its cancel answers with the fills
+    hedge_policy: OrderPolicy = OrderPolicy(replace_after_s=10, fill_check_s=10, reconcile_every_s=60)
     continue_as_new_after: int | None = Field(None, ge=200)
     carry: LoanCarry | None = None
 
