@@ -75,28 +75,18 @@ def _tick(ticker: dict) -> PriceTick:
                      mark=Decimal(str(info.get("markPrice") or last)), at=datetime.now(UTC), source="feed")
 
 
-async def signal_loan(client, loan_id: str, tick: PriceTick, gate: asyncio.Semaphore) -> bool:
-    """One price signal; many go out at once (a band crossing wakes every loan of the shard), `gate` bounds
+async def signal_loan(client, loan_id: str, name: str, arg: object, gate: asyncio.Semaphore) -> bool:
+    """One signal to a loan; many go out at once (a band crossing wakes every loan of the shard), `gate` bounds
     how many are in flight. Each heartbeats (the SDK sends at most one per interval): a long round of signals
     is progress, not a hung stream."""
     async with gate:
         try:
-            await client.get_workflow_handle(loan_workflow_id(loan_id)).signal("price", tick)
-            activity.heartbeat(f"{tick.last}: signalling loans")
+            await client.get_workflow_handle(loan_workflow_id(loan_id)).signal(name, arg)
+            activity.heartbeat(f"signalling loans: {name}")
             return True
         except RPCError as exc:  # not running, or the server too busy to answer: the next tick tries again
-            activity.logger.warning("cannot signal loan %s: %s", loan_id, exc)
+            activity.logger.warning("cannot signal %s to loan %s: %s", name, loan_id, exc)
             return False
-
-
-async def tell_feed_down(client, subs: list[FeedSubscription], why: str, gate: asyncio.Semaphore) -> None:
-    """Every loan of the shard polls the price at once, instead of noticing the silence after its stale_after_s."""
-    async def one(loan_id: str) -> None:
-        async with gate:
-            with contextlib.suppress(RPCError):
-                await client.get_workflow_handle(loan_workflow_id(loan_id)).signal("feed_down", why)
-                activity.heartbeat(f"telling loans: {why}")
-    await asyncio.gather(*(one(sub.loan_id) for sub in subs))
 
 
 class FeedActivities:
@@ -126,7 +116,6 @@ class FeedActivities:
         last_tick = started
         sent: dict[str, Sent] = {}
         signals = 0
-        told = False  # whether this attempt told any loan a price (so a later silence is news to them)
         gate = asyncio.Semaphore(SIGNALS_IN_FLIGHT)
         task = asyncio.create_task(pump())
         try:
@@ -146,13 +135,15 @@ class FeedActivities:
                 except TimeoutError:
                     if time.monotonic() - last_tick > STREAM_SILENT_S:  # failing gets a fresh stream by a retry
                         why = f"{req.symbol} ticker stream silent for {STREAM_SILENT_S:.0f} s"
-                        if told or activity.info().attempt == 1:  # a retry that saw no tick: the loans know already
-                            await tell_feed_down(client, subs, why, gate)
+                        # every loan polls at once instead of after its stale_after_s; a retry that saw no tick
+                        # has nothing new to tell (the loans heard it from the attempt before)
+                        if last_tick > started or activity.info().attempt == 1:
+                            await asyncio.gather(*(signal_loan(client, sub.loan_id, "feed_down", why, gate)
+                                                   for sub in subs))
                         raise RuntimeError(why) from None
                     activity.heartbeat(f"no tick, {signals} signals sent")
                     continue
                 last_tick = time.monotonic()
-                told = True
                 while not ticks.empty():  # only the newest price matters
                     ticker = ticks.get_nowait()
                 tick = _tick(ticker)
@@ -163,7 +154,7 @@ class FeedActivities:
                     due, band, ltv = wake_due(sub, tick, sent.get(sub.loan_id), now)
                     if due:
                         woken.append((sub.loan_id, Sent(band=band, ltv=ltv, at=now)))
-                delivered = await asyncio.gather(*(signal_loan(client, loan_id, tick, gate) for loan_id, _ in woken))
+                delivered = await asyncio.gather(*(signal_loan(client, loan_id, "price", tick, gate) for loan_id, _ in woken))
                 for (loan_id, told), ok in zip(woken, delivered, strict=True):
                     if ok:  # a signal that failed is not "told": the loan is due again on the next tick
                         sent[loan_id] = told

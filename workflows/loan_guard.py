@@ -322,9 +322,10 @@ class LoanGuardWorkflow:
         stale_after = timedelta(seconds=t.stale_after_s)
         since = self.feed_at or self._started_at
         assert since is not None
-        fresh = self.feed_at is not None and now - self.feed_at < stale_after and self.feed_lost is None
-        if not fresh and (self.tick is None or now - since >= stale_after or self.feed_lost is not None):
-            if not self.stale and (now - since >= stale_after or self.feed_lost is not None):
+        silent = now - since >= stale_after or self.feed_lost is not None
+        fresh = self.feed_at is not None and not silent
+        if not fresh and (self.tick is None or silent):
+            if not self.stale and silent:
                 self.stale = True
                 why = self.feed_lost or f"no {self.inp.symbol} tick for {t.stale_after_s} s"
                 self._alert("WARNING", "feed", f"loan {self.inp.loan_id}: price feed stale",
