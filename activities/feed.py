@@ -55,17 +55,22 @@ def keepalive_spread(loan_id: str) -> float:
     return 0.8 + 0.2 * (zlib.crc32(loan_id.encode()) % 1000) / 1000
 
 
-def reanchor(before: list[FeedSubscription], now: list[FeedSubscription], sent: dict[str, Sent]) -> list[FeedSubscription]:
-    """A loan that subscribed again (new debt, collateral or bands) said where it stands: its band is the new
-    anchor. Loans gone are forgotten."""
-    old = {sub.loan_id: sub for sub in before}
-    for sub in now:
+def apply_subscriptions(subs: dict[str, FeedSubscription], update: FeedSubscriptions, sent: dict[str, Sent]) -> None:
+    """Bring `subs` to the feed's answer (a whole list replaces it, a delta patches it). A loan that subscribed
+    again (new debt, collateral or bands) said where it stands: its band is the new anchor. Loans gone are
+    forgotten."""
+    if update.full:
+        gone = subs.keys() - {sub.loan_id for sub in update.subscriptions}
+    else:
+        gone = set(update.removed)
+    for loan_id in gone:
+        subs.pop(loan_id, None)
+        sent.pop(loan_id, None)
+    for sub in update.subscriptions:
         mark = sent.get(sub.loan_id)
-        if mark is not None and old.get(sub.loan_id) != sub:
+        if mark is not None and subs.get(sub.loan_id) != sub:
             mark.band = Band(sub.band)
-    for loan_id in sent.keys() - {sub.loan_id for sub in now}:
-        del sent[loan_id]
-    return now
+        subs[sub.loan_id] = sub
 
 
 def _tick(ticker: dict) -> PriceTick:
@@ -111,7 +116,7 @@ class FeedActivities:
                 except asyncio.QueueFull:
                     pass
 
-        subs: list[FeedSubscription] = []
+        subs: dict[str, FeedSubscription] = {}
         version, refreshed, started = -1, 0.0, time.monotonic()
         last_tick = started
         sent: dict[str, Sent] = {}
@@ -126,7 +131,8 @@ class FeedActivities:
                                                                  result_type=FeedSubscriptions)
                     refreshed = now
                     if current.version != version:
-                        version, subs = current.version, reanchor(subs, current.subscriptions, sent)
+                        version = current.version
+                        apply_subscriptions(subs, current, sent)
                 if task.done():  # the stream pump died of something other than a dropped socket: fail, be retried
                     task.result()
                     raise RuntimeError("ticker stream pump stopped")
@@ -139,7 +145,7 @@ class FeedActivities:
                         # has nothing new to tell (the loans heard it from the attempt before)
                         if last_tick > started or activity.info().attempt == 1:
                             await asyncio.gather(*(signal_loan(client, sub.loan_id, "feed_down", why, gate)
-                                                   for sub in subs))
+                                                   for sub in subs.values()))
                         raise RuntimeError(why) from None
                     activity.heartbeat(f"no tick, {signals} signals sent")
                     continue
@@ -150,7 +156,7 @@ class FeedActivities:
                 activity.heartbeat(f"{req.symbol} {tick.last}, {signals} signals sent")
                 now = time.monotonic()
                 woken: list[tuple[str, Sent]] = []
-                for sub in subs:
+                for sub in subs.values():
                     due, band, ltv = wake_due(sub, tick, sent.get(sub.loan_id), now)
                     if due:
                         woken.append((sub.loan_id, Sent(band=band, ltv=ltv, at=now)))

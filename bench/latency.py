@@ -24,7 +24,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.stack import BenchStack, cache_for, subscribed_loans
+from bench.stack import BenchStack, FeedRoster, cache_for
 from models.loan_guard import LoanGuardInput
 from models.settings import Settings
 
@@ -92,8 +92,9 @@ async def wait_all_watching(stack: BenchStack, loan_ids: set[str], within_s: flo
     not each guard: a thousand queries a second would load the worker being measured.)"""
     assert stack.client is not None
     deadline = time.monotonic() + within_s
+    roster = FeedRoster(stack.client)
     while True:
-        missing = loan_ids - await subscribed_loans(stack.client)
+        missing = loan_ids - await roster.loans()
         progress(f"guards watching the feed {len(loan_ids) - len(missing)}/{len(loan_ids)}")
         if not missing:
             return

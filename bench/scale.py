@@ -50,7 +50,7 @@ import aiohttp
 
 from activities.venues import paper_credentials
 from bench.latency import CAUTION_PRICE, DEBT, START_PRICE, percentile
-from bench.stack import BenchStack, cache_for, rss_mib, subscribed_loans
+from bench.stack import BenchStack, FeedRoster, cache_for, rss_mib
 from models.loan_guard import LoanGuardInput
 
 TASK_QUEUE = "bench"
@@ -252,10 +252,11 @@ async def wait_subscribed(stack: BenchStack, loan_ids: set[str], *, since: float
     assert stack.client is not None
     progress = Progress("loans subscribed to the feed", len(loan_ids), since=since)
     count, error, grew = 0, "", time.monotonic()
+    roster = FeedRoster(stack.client)
     while True:
         worker_alive(stack)
         try:
-            seen = len(await subscribed_loans(stack.client) & loan_ids)
+            seen = len(await roster.loans() & loan_ids)
             if seen > count:
                 count, grew = seen, time.monotonic()
             error = ""

@@ -50,16 +50,30 @@ def cache_for(loans: int) -> int:
     return 2 * loans + 100
 
 
-async def subscribed_loans(client: Client, venue: str = "bybit", symbol: str = "BTCUSDT") -> set[str]:
-    """Loan ids the symbol's feed shards list as subscribed (a shard not running lists none)."""
-    async def one(feed_id: str) -> list[str]:
+class FeedRoster:
+    """Loan ids the symbol's feed shards list as subscribed, asked as the feed activity asks: what changed since
+    the version last seen, so a poll each second costs what changed, not every subscription (a shard not running
+    lists none)."""
+
+    def __init__(self, client: Client, venue: str = "bybit", symbol: str = "BTCUSDT") -> None:
+        self.client = client
+        self.shards: dict[str, tuple[int, set[str]]] = {f: (-1, set()) for f in feed_workflow_ids(venue, symbol)}
+
+    async def loans(self) -> set[str]:
+        await asyncio.gather(*(self._ask(feed_id) for feed_id in self.shards))
+        return {loan for _, ids in self.shards.values() for loan in ids}
+
+    async def _ask(self, feed_id: str) -> None:
+        version, ids = self.shards[feed_id]
         try:
-            subs: FeedSubscriptions = await client.get_workflow_handle(feed_id).query(
-                "subscriptions", result_type=FeedSubscriptions, rpc_timeout=timedelta(seconds=10))
+            subs: FeedSubscriptions = await self.client.get_workflow_handle(feed_id).query(
+                "subscriptions", version, result_type=FeedSubscriptions, rpc_timeout=timedelta(seconds=10))
         except RPCError:
-            return []
-        return [s.loan_id for s in subs.subscriptions]
-    return {loan for ids in await asyncio.gather(*(one(f) for f in feed_workflow_ids(venue, symbol))) for loan in ids}
+            return
+        if subs.full:
+            ids = set()
+        ids = (ids - set(subs.removed)) | {s.loan_id for s in subs.subscriptions}
+        self.shards[feed_id] = (subs.version, ids)
 
 
 class BenchStack:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal as D
 
-from activities.feed import Sent, reanchor, wake_due
-from models.loan_guard import FEED_SHARDS, BandSettings, FeedSubscription, feed_shard, feed_workflow_id
+from activities.feed import Sent, apply_subscriptions, wake_due
+from models.loan_guard import FEED_SHARDS, BandSettings, FeedSubscription, FeedSubscriptions, feed_shard, feed_workflow_id
 from risk.loan import Band
 
 
@@ -44,11 +44,22 @@ def test_hysteresis_anchors_on_the_band_last_told_not_the_stale_subscription():
 
 
 def test_a_new_subscription_resets_the_anchor_and_a_gone_loan_is_forgotten():
-    old = [sub(Band.SAFE), sub(loan_id="L-2")]
+    subs = {"L-1": sub(Band.SAFE), "L-2": sub(loan_id="L-2")}
     sent = {"L-1": Sent(band=Band.CAUTION, ltv=D("45.5"), at=1.0), "L-2": Sent(band=Band.SAFE, ltv=D(40), at=1.0)}
     repaid = sub(Band.SAFE, debt="20000")  # a treasury repay: the loan says where it stands now
-    assert reanchor(old, [repaid], sent) == [repaid]
+    apply_subscriptions(subs, FeedSubscriptions(version=3, subscriptions=[repaid]), sent)  # a whole list
+    assert subs == {"L-1": repaid}
     assert sent["L-1"].band == Band.SAFE and "L-2" not in sent
+
+
+def test_a_delta_patches_the_list_and_leaves_the_unchanged_loans_and_their_anchors_alone():
+    subs = {f"L-{i}": sub(loan_id=f"L-{i}") for i in range(1, 4)}
+    sent = {loan: Sent(band=Band.CAUTION, ltv=D("45.5"), at=1.0) for loan in subs}
+    repaid, new = sub(Band.SAFE, debt="20000", loan_id="L-2"), sub(loan_id="L-9")
+    apply_subscriptions(subs, FeedSubscriptions(version=7, subscriptions=[repaid, new], full=False, removed=["L-3"]), sent)
+    assert subs == {"L-1": sub(loan_id="L-1"), "L-2": repaid, "L-9": new}
+    assert sent["L-1"].band == Band.CAUTION  # not in the delta: still anchored where the feed told it
+    assert sent["L-2"].band == Band.SAFE and "L-3" not in sent and "L-9" not in sent
 
 
 def test_a_loan_always_lands_on_the_same_shard_and_loans_spread_over_all():
