@@ -13,13 +13,15 @@ this process. The phases, each with its progress on stderr (done / total, elapse
    the worker's VenuePool does on first use); each gets a 1 BTC / 24,000 USDT loan (40 % LTV at a round
    60,000 set here, not market history), opened on the in-process loan book directly: POST /control/loans
    answers with a snapshot of every loan, so opening N loans through it costs O(N^2) (see bench/README.md).
-2. enrolment: a LoanGuardWorkflow per loan with production timings (50 start RPCs in flight); a loan is
-   enrolled once its feed shard (a PriceFeedWorkflow) lists it among its subscriptions (the feed wakes exactly its
-   subscribers). `enrol_s` runs from the first start RPC to the last subscription, `enrol_per_s` = enrolled /
-   enrol_s; `start_per_s` is the start RPC rate alone. When no loan has subscribed for `--stall` seconds, the
+2. enrolment: a LoanGuardWorkflow per loan with production timings (50 start RPCs in flight, and at most
+   `--window` guards started and not yet enrolled, as an operator enrols a book in batches: ten thousand guards
+   started at once all crawl through their start-up together); a loan is enrolled once its feed shard (a
+   PriceFeedWorkflow) lists it among its subscriptions (the feed wakes exactly its subscribers). `enrol_s` runs
+   from the first start RPC to the last subscription, `enrol_per_s` = enrolled / enrol_s; `start_per_s` is
+   loans / the time until the last start RPC (paced by the window). When no loan has subscribed for `--stall` seconds, the
    bench says so and goes on with `enrolled` < N (a guard without feed ticks polls the price itself).
-3. rest: `--rest` seconds (default 15, longer than the guards' 10 s feed keep-alive) with nothing happening
-   but keep-alives; worker and server RSS are read at its end, CPU over the whole window.
+3. rest: `--rest` seconds (default 15) with nothing happening but the odd keep-alive (every 10 min a
+   loan); worker and server RSS are read at its end, CPU over the whole window.
 4. the tick: the price is set to 52,700 (LTV 45.5 %: CAUTION for every loan); the ticker goes out to the
    websocket subscribers inside that call, its time taken just before. Per loan, latency = the emulator's
    arrival stamp of that account's first /v5/order/create minus that time (one wall clock, ms). The call log
@@ -55,6 +57,7 @@ from models.loan_guard import LoanGuardInput
 
 TASK_QUEUE = "bench"
 STARTS_IN_FLIGHT = 50
+ENROL_WINDOW = 500  # guards started and not yet subscribed, at most
 ACCOUNTS_IN_FLIGHT = 20
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -226,27 +229,48 @@ async def open_accounts(stack: BenchStack, n: int) -> list[str]:
     return accounts
 
 
-async def start_guards(stack: BenchStack, accounts: list[str]) -> float:
-    """Start one loan guard per account; returns the seconds the start RPCs took."""
+class Enrolled:
+    """How many loans the feed lists so far (wait_subscribed counts, start_guards paces on it)."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+
+async def start_guards(stack: BenchStack, accounts: list[str], *, window: int = 0, enrolled: Enrolled | None = None) -> float:
+    """Start one loan guard per account, at most `window` of them started and not yet subscribed to the feed (0:
+    no limit), as an operator enrols a book in batches; returns the seconds the starts took."""
     assert stack.client is not None
     client, n = stack.client, len(accounts)
-    progress, done = Progress("loan guards started", n), 0
+    progress, done, started = Progress("loan guards started", n), 0, 0
     sem = asyncio.Semaphore(STARTS_IN_FLIGHT)
 
     async def one(i: int) -> None:
-        nonlocal done
+        nonlocal done, started
         inp = LoanGuardInput(loan_id=f"SC-{i:05d}", account=accounts[i])
         async with sem:
+            while window and enrolled is not None and started - enrolled.count >= window:
+                await asyncio.sleep(0.2)
+            started += 1
             await client.start_workflow("LoanGuardWorkflow", inp, id=inp.workflow_id, task_queue=TASK_QUEUE)
         done += 1
-        progress.show(done)
+    if not window:
+        progress.show(0)
+
+    async def show() -> None:
+        while done < n:
+            if not window:
+                progress.show(done)
+            await asyncio.sleep(0.2)
+    shown = asyncio.create_task(show())
     await asyncio.gather(*(one(i) for i in range(n)))
-    progress.end(done)
+    await shown
+    if not window:
+        progress.end(done)
     return time.monotonic() - progress.started
 
 
 async def wait_subscribed(stack: BenchStack, loan_ids: set[str], *, since: float, within_s: float,
-                          stall_s: float) -> tuple[int, float]:
+                          stall_s: float, enrolled: Enrolled | None = None) -> tuple[int, float]:
     """Until the feed shards list every loan as a subscriber (one query round a second), `within_s` has passed, or
     the count has not grown for `stall_s`. Returns the count and the seconds from `since` to its last growth."""
     assert stack.client is not None
@@ -259,6 +283,8 @@ async def wait_subscribed(stack: BenchStack, loan_ids: set[str], *, since: float
             seen = len(await roster.loans() & loan_ids)
             if seen > count:
                 count, grew = seen, time.monotonic()
+                if enrolled is not None:
+                    enrolled.count = count
             error = ""
         except Exception as exc:  # not started yet, or the query failed: show why, keep trying
             error = f" (feed query: {type(exc).__name__}: {str(exc)[:100]})"
@@ -304,7 +330,7 @@ async def wait_hedged(stack: BenchStack, tail: CallTail, accounts: set[str], t0_
 
 
 async def measure(n: int, *, timeout_s: float, rest_s: float = 15.0, stall_s: float = 120.0, max_cached: int | None = None,
-                  keep: bool = False) -> dict[str, Any]:
+                  keep: bool = False, window: int = ENROL_WINDOW) -> dict[str, Any]:
     max_cached = max_cached or cache_for(n)
     print(f"{n} loans: starting a fresh stack (dev server, worker with max_cached_workflows={max_cached}, simulator)",
           file=sys.stderr, flush=True)
@@ -319,9 +345,12 @@ async def measure(n: int, *, timeout_s: float, rest_s: float = 15.0, stall_s: fl
                 accounts_s = time.monotonic() - t
                 usage.phase("enrol")
                 enrol_started = time.monotonic()
-                start_s = await start_guards(stack, accounts)
-                subscribed, enrol_s = await wait_subscribed(stack, {f"SC-{i:05d}" for i in range(n)}, since=enrol_started,
-                                                            within_s=max(timeout_s, n * 0.2), stall_s=stall_s)
+                enrolled = Enrolled()
+                watch = asyncio.create_task(wait_subscribed(
+                    stack, {f"SC-{i:05d}" for i in range(n)}, since=enrol_started, within_s=max(timeout_s, n * 0.5),
+                    stall_s=stall_s, enrolled=enrolled))
+                start_s = await start_guards(stack, accounts, window=window, enrolled=enrolled)
+                subscribed, enrol_s = await watch
                 usage.phase("rest")
                 rest = Progress("at rest (s)", int(rest_s), unit="")
                 while (waited := time.monotonic() - rest.started) < rest_s:
@@ -400,7 +429,7 @@ async def main_async(args: argparse.Namespace) -> int:
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     figures = await measure(args.loans, timeout_s=args.timeout, rest_s=args.rest, stall_s=args.stall,
-                            max_cached=args.max_cached, keep=args.keep)
+                            max_cached=args.max_cached, keep=args.keep, window=args.window)
     goal = "goal: worker RSS < 2 GiB and every loan hedged within 60 s"
     print(f"scale: {args.loans} loans, one worker, one dev server (SQLite WAL), one band-crossing tick; {goal}")
     print(table(figures))
@@ -418,13 +447,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--loans", type=int, default=10_000, help="loans, one paper account each (default 10000)")
     parser.add_argument("--timeout", type=float, default=900.0,
                         help="seconds to wait for every hedge order after the tick (default 900); enrolment may take "
-                             "max(this, 0.2 s a loan)")
+                             "max(this, 0.5 s a loan)")
     parser.add_argument("--rest", type=float, default=15.0, help="seconds at rest before the tick (default 15)")
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     parser.add_argument("--max-cached", type=int, metavar="N",
                         help="the worker's workflow cache (default 2 per loan + 100; the setting's default is 1000)")
     parser.add_argument("--stall", type=float, default=120.0,
                         help="stop waiting for enrolment when no loan subscribed for this many seconds (default 120)")
+    parser.add_argument("--window", type=int, default=ENROL_WINDOW,
+                        help=f"loan guards started and not yet subscribed to the feed, at most (default {ENROL_WINDOW}; "
+                             "0: start them all at once)")
     parser.add_argument("--keep", action="store_true", help="keep the stack's folder (logs, SQLite files)")
     args = parser.parse_args(argv)
     if args.loans < 1:
