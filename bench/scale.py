@@ -262,8 +262,10 @@ async def start_guards(stack: BenchStack, accounts: list[str], *, window: int = 
                 progress.show(done)
             await asyncio.sleep(0.2)
     shown = asyncio.create_task(show())
-    await asyncio.gather(*(one(i) for i in range(n)))
-    await shown
+    try:
+        await asyncio.gather(*(one(i) for i in range(n)))
+    finally:
+        shown.cancel()
     if not window:
         progress.end(done)
     return time.monotonic() - progress.started
@@ -349,8 +351,11 @@ async def measure(n: int, *, timeout_s: float, rest_s: float = 15.0, stall_s: fl
                 watch = asyncio.create_task(wait_subscribed(
                     stack, {f"SC-{i:05d}" for i in range(n)}, since=enrol_started, within_s=max(timeout_s, n * 0.5),
                     stall_s=stall_s, enrolled=enrolled))
-                start_s = await start_guards(stack, accounts, window=window, enrolled=enrolled)
-                subscribed, enrol_s = await watch
+                try:
+                    start_s = await start_guards(stack, accounts, window=window, enrolled=enrolled)
+                    subscribed, enrol_s = await watch
+                finally:  # interrupted: no progress lines over the teardown's
+                    watch.cancel()
                 usage.phase("rest")
                 rest = Progress("at rest (s)", int(rest_s), unit="")
                 while (waited := time.monotonic() - rest.started) < rest_s:
