@@ -253,19 +253,9 @@ async def start_guards(stack: BenchStack, accounts: list[str], *, window: int = 
             started += 1
             await client.start_workflow("LoanGuardWorkflow", inp, id=inp.workflow_id, task_queue=TASK_QUEUE)
         done += 1
-    if not window:
-        progress.show(0)
-
-    async def show() -> None:
-        while done < n:
-            if not window:
-                progress.show(done)
-            await asyncio.sleep(0.2)
-    shown = asyncio.create_task(show())
-    try:
-        await asyncio.gather(*(one(i) for i in range(n)))
-    finally:
-        shown.cancel()
+        if not window:  # paced, the subscription count's line is the progress
+            progress.show(done)
+    await asyncio.gather(*(one(i) for i in range(n)))
     if not window:
         progress.end(done)
     return time.monotonic() - progress.started

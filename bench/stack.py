@@ -22,7 +22,8 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
-from models.loan_guard import FeedSubscriptions, feed_workflow_ids
+from activities.feed import apply_subscriptions
+from models.loan_guard import FeedSubscription, FeedSubscriptions, feed_workflow_ids
 from models.search_attributes import dev_server_flags
 from sim.server import Simulator
 
@@ -51,29 +52,28 @@ def cache_for(loans: int) -> int:
 
 
 class FeedRoster:
-    """Loan ids the symbol's feed shards list as subscribed, asked as the feed activity asks: what changed since
-    the version last seen, so a poll each second costs what changed, not every subscription (a shard not running
-    lists none)."""
+    """Loan ids the symbol's feed shards list as subscribed, asked as the feed activity asks (and applied with its
+    apply_subscriptions): what changed since the version last seen, so a poll each second costs what changed,
+    not every subscription (a shard not running lists none)."""
 
     def __init__(self, client: Client, venue: str = "bybit", symbol: str = "BTCUSDT") -> None:
         self.client = client
-        self.shards: dict[str, tuple[int, set[str]]] = {f: (-1, set()) for f in feed_workflow_ids(venue, symbol)}
+        self.versions = dict.fromkeys(feed_workflow_ids(venue, symbol), -1)
+        self.subs: dict[str, dict[str, FeedSubscription]] = {feed_id: {} for feed_id in self.versions}
 
     async def loans(self) -> set[str]:
-        await asyncio.gather(*(self._ask(feed_id) for feed_id in self.shards))
-        return {loan for _, ids in self.shards.values() for loan in ids}
+        await asyncio.gather(*(self._ask(feed_id) for feed_id in self.versions))
+        return {loan for subs in self.subs.values() for loan in subs}
 
     async def _ask(self, feed_id: str) -> None:
-        version, ids = self.shards[feed_id]
         try:
-            subs: FeedSubscriptions = await self.client.get_workflow_handle(feed_id).query(
-                "subscriptions", version, result_type=FeedSubscriptions, rpc_timeout=timedelta(seconds=10))
+            update: FeedSubscriptions = await self.client.get_workflow_handle(feed_id).query(
+                "subscriptions", self.versions[feed_id], result_type=FeedSubscriptions,
+                rpc_timeout=timedelta(seconds=10))
         except RPCError:
             return
-        if subs.full:
-            ids = set()
-        ids = (ids - set(subs.removed)) | {s.loan_id for s in subs.subscriptions}
-        self.shards[feed_id] = (subs.version, ids)
+        apply_subscriptions(self.subs[feed_id], update, sent={})
+        self.versions[feed_id] = update.version
 
 
 class BenchStack:

@@ -31,11 +31,11 @@ class PriceFeedWorkflow:
         self.inp = inp
         self.subs: dict[str, FeedSubscription] = dict(inp.subscriptions)
         self.version = inp.version
-        # the version each loan last changed or left at, since this run began: an asker at or after `base` gets
-        # only what changed (the activity asks every second; the whole list is O(loans) each time)
+        # the version each loan last subscribed or left at, since this run began (a loan not in `subs` left): an
+        # asker at or after `base` gets only what changed (the activity asks every second; the whole list is
+        # O(loans) each time)
         self.base = inp.version
         self.changed_at: dict[str, int] = {}
-        self.removed_at: dict[str, int] = {}
 
     @workflow.signal
     def subscribe(self, sub: FeedSubscription) -> None:
@@ -43,14 +43,12 @@ class PriceFeedWorkflow:
             self.subs[sub.loan_id] = sub
             self.version += 1
             self.changed_at[sub.loan_id] = self.version
-            self.removed_at.pop(sub.loan_id, None)
 
     @workflow.signal
     def unsubscribe(self, req: FeedUnsubscribe) -> None:
         if self.subs.pop(req.loan_id, None) is not None:
             self.version += 1
-            self.removed_at[req.loan_id] = self.version
-            self.changed_at.pop(req.loan_id, None)
+            self.changed_at[req.loan_id] = self.version
 
     @workflow.query
     def subscriptions(self, known_version: int = -1) -> FeedSubscriptions:
@@ -58,10 +56,10 @@ class PriceFeedWorkflow:
         if known_version == self.version:
             return FeedSubscriptions(version=self.version, subscriptions=[], full=False)
         if self.base <= known_version < self.version:
-            return FeedSubscriptions(
-                version=self.version, full=False,
-                subscriptions=[self.subs[loan] for loan, at in self.changed_at.items() if at > known_version],
-                removed=[loan for loan, at in self.removed_at.items() if at > known_version])
+            changed = [loan for loan, at in self.changed_at.items() if at > known_version]
+            return FeedSubscriptions(version=self.version, full=False,
+                                     subscriptions=[self.subs[loan] for loan in changed if loan in self.subs],
+                                     removed=[loan for loan in changed if loan not in self.subs])
         return FeedSubscriptions(version=self.version, subscriptions=list(self.subs.values()))
 
     @workflow.run
