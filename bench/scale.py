@@ -18,15 +18,17 @@ this process. The phases, each with its progress on stderr (done / total, elapse
    started at once all crawl through their start-up together); a loan is enrolled once its feed shard (a
    PriceFeedWorkflow) lists it among its subscriptions (the feed wakes exactly its subscribers). `enrol_s` runs
    from the first start RPC to the last subscription, `enrol_per_s` = enrolled / enrol_s; `start_per_s` is
-   loans / the time until the last start RPC (paced by the window). When no loan has subscribed for `--stall` seconds, the
-   bench says so and goes on with `enrolled` < N (a guard without feed ticks polls the price itself).
+   loans / the time until the last start RPC (paced by the window). When no loan has subscribed for `--stall` seconds, or
+   `--enrol-within` seconds have passed, enrolment is given up: no more guards are started (`started` < N), and the
+   bench goes on with `enrolled` < N (a guard started without feed ticks polls the price itself).
 3. rest: `--rest` seconds (default 15) with nothing happening but the odd keep-alive (every 10 min a
    loan); worker and server RSS are read at its end, CPU over the whole window.
 4. the tick: the price is set to 52,700 (LTV 45.5 %: CAUTION for every loan); the ticker goes out to the
    websocket subscribers inside that call, its time taken just before. Per loan, latency = the emulator's
    arrival stamp of that account's first /v5/order/create minus that time (one wall clock, ms). The call log
    is a bounded deque (50,000 entries), so it is read while waiting, only what arrived since the last read.
-   `all_hedged_s` = the last loan's latency, once every loan has one (none when `--timeout` ran out first).
+   `all_hedged_s` = the last loan's latency, once every loan has one (none when `--timeout` ran out first). Only the
+   guards started are waited for.
 
 CPU figures are % of one core over each phase (/proc/PID/stat), with in brackets the time the process was
 runnable but waited for a core (/proc/PID/task/*/schedstat; high when other work shares the machine), and the
@@ -230,10 +232,13 @@ async def open_accounts(stack: BenchStack, n: int) -> list[str]:
 
 
 class Enrolled:
-    """How many loans the feed lists so far (wait_subscribed counts, start_guards paces on it)."""
+    """How many loans the feed lists so far (wait_subscribed counts, start_guards paces on it), how many guards were
+    started, and whether enrolment was given up (no more guards are started then)."""
 
     def __init__(self) -> None:
         self.count = 0
+        self.started: set[str] = set()  # accounts whose guard was started
+        self.given_up = False
 
 
 async def start_guards(stack: BenchStack, accounts: list[str], *, window: int = 0, enrolled: Enrolled | None = None) -> float:
@@ -249,8 +254,12 @@ async def start_guards(stack: BenchStack, accounts: list[str], *, window: int = 
         inp = LoanGuardInput(loan_id=f"SC-{i:05d}", account=accounts[i])
         async with sem:
             while window and enrolled is not None and started - enrolled.count >= window:
+                if enrolled.given_up:
+                    return
                 await asyncio.sleep(0.2)
             started += 1
+            if enrolled is not None:
+                enrolled.started.add(accounts[i])
             await client.start_workflow("LoanGuardWorkflow", inp, id=inp.workflow_id, task_queue=TASK_QUEUE)
         done += 1
         if not window:  # paced, the subscription count's line is the progress
@@ -288,8 +297,12 @@ async def wait_subscribed(stack: BenchStack, loan_ids: set[str], *, since: float
         if now - since > within_s or now - grew > stall_s:
             progress.end(count, error)
             why = f"after {within_s:.0f} s" if now - since > within_s else f"no new subscription for {stall_s:.0f} s"
-            print(f"  warning: {len(loan_ids) - count} loans not subscribed to the feed ({why}); the tick goes out anyway "
-                  "(a guard without feed ticks polls the price itself)", file=sys.stderr, flush=True)
+            started = f" ({len(enrolled.started)} guards started; no more are)" if enrolled is not None else ""
+            print(f"  warning: enrolment given up: {len(loan_ids) - count} loans not subscribed to the feed ({why})"
+                  f"{started}; the tick goes out anyway to the guards started (one without feed ticks polls the "
+                  "price itself)", file=sys.stderr, flush=True)
+            if enrolled is not None:
+                enrolled.given_up = True
             return count, grew - since
         await asyncio.sleep(1.0)
 
@@ -322,7 +335,7 @@ async def wait_hedged(stack: BenchStack, tail: CallTail, accounts: set[str], t0_
 
 
 async def measure(n: int, *, timeout_s: float, rest_s: float = 15.0, stall_s: float = 120.0, max_cached: int | None = None,
-                  keep: bool = False, window: int = ENROL_WINDOW) -> dict[str, Any]:
+                  keep: bool = False, window: int = ENROL_WINDOW, enrol_within_s: float | None = None) -> dict[str, Any]:
     max_cached = max_cached or cache_for(n)
     print(f"{n} loans: starting a fresh stack (dev server, worker with max_cached_workflows={max_cached}, simulator)",
           file=sys.stderr, flush=True)
@@ -339,7 +352,8 @@ async def measure(n: int, *, timeout_s: float, rest_s: float = 15.0, stall_s: fl
                 enrol_started = time.monotonic()
                 enrolled = Enrolled()
                 watch = asyncio.create_task(wait_subscribed(
-                    stack, {f"SC-{i:05d}" for i in range(n)}, since=enrol_started, within_s=max(timeout_s, n * 0.5),
+                    stack, {f"SC-{i:05d}" for i in range(n)}, since=enrol_started,
+                    within_s=enrol_within_s if enrol_within_s is not None else max(timeout_s, n * 0.5),
                     stall_s=stall_s, enrolled=enrolled))
                 try:
                     start_s = await start_guards(stack, accounts, window=window, enrolled=enrolled)
@@ -357,11 +371,13 @@ async def measure(n: int, *, timeout_s: float, rest_s: float = 15.0, stall_s: fl
                 tail = CallTail(stack)
                 t0_ms = time.time() * 1000
                 stack.sim.market.set_price("BTCUSDT", CAUTION_PRICE)
-                first = await wait_hedged(stack, tail, set(accounts), t0_ms, timeout_s=timeout_s)
+                # a guard never started sends no order: wait for those started
+                first = await wait_hedged(stack, tail, set(enrolled.started), t0_ms, timeout_s=timeout_s)
                 usage.rss("worker")
                 usage.phase(None)
             db = sum(f.stat().st_size for f in stack.dir.glob("t.db*"))
-            figures = figures_of(n, first, subscribed=subscribed, enrol_s=enrol_s, start_s=start_s, accounts_s=accounts_s,
+            figures = figures_of(n, first, started=len(enrolled.started), subscribed=subscribed, enrol_s=enrol_s, start_s=start_s,
+                                 accounts_s=accounts_s,
                                  worker_rest=worker_rest, server_rest=server_rest, usage=usage, db_bytes=db,
                                  calls_lost=tail.lost, max_cached=max_cached)
     finally:
@@ -372,7 +388,8 @@ async def measure(n: int, *, timeout_s: float, rest_s: float = 15.0, stall_s: fl
     return figures
 
 
-def figures_of(n: int, first: dict[str, float], *, subscribed: int, enrol_s: float, start_s: float, accounts_s: float,
+def figures_of(n: int, first: dict[str, float], *, started: int, subscribed: int, enrol_s: float, start_s: float,
+               accounts_s: float,
                worker_rest: float, server_rest: float, usage: Usage, db_bytes: int, calls_lost: bool,
                max_cached: int) -> dict[str, Any]:
     lat = list(first.values())
@@ -380,9 +397,9 @@ def figures_of(n: int, first: dict[str, float], *, subscribed: int, enrol_s: flo
     def pct(p: float) -> float | None:
         return round(percentile(lat, p), 1) if lat else None
     return {
-        "loans": n, "hedged": len(first),
+        "loans": n, "hedged": len(first), "started": started,
         "enrolled": subscribed, "enrol_per_s": round(subscribed / max(enrol_s, 1e-3), 1), "enrol_s": round(enrol_s, 1),
-        "start_per_s": round(n / start_s, 1), "accounts_s": round(accounts_s, 1),
+        "start_per_s": round(started / start_s, 1), "accounts_s": round(accounts_s, 1),
         "worker_rss_at_rest_mib": round(worker_rest, 1), "server_rss_at_rest_mib": round(server_rest, 1),
         "worker_rss_start_mib": round(usage.start["worker"], 1), "server_rss_start_mib": round(usage.start["server"], 1),
         "worker_rss_per_loan_kib": round((worker_rest - usage.start["worker"]) * 1024 / n, 1),
@@ -398,7 +415,8 @@ def table(f: dict[str, Any]) -> str:
     def val(key: str, unit: str = "") -> str:
         return "-" if f.get(key) is None else f"{f[key]}{unit}"
     rows = [
-        ("loans hedged", f"{f['hedged']} of {f['loans']}"),
+        ("loans hedged", f"{f['hedged']} of {f['loans']}"
+                         + (f" ({f['started']} guards started)" if f.get("started", f["loans"]) < f["loans"] else "")),
         ("enrolment", f"{val('enrol_per_s', ' loans/s')} ({f['enrolled']} subscribed to the feed in {val('enrol_s', ' s')}; "
                       f"start RPCs {val('start_per_s', '/s')})"),
         ("worker RSS at rest", f"{val('worker_rss_at_rest_mib', ' MiB')} (at start {val('worker_rss_start_mib', ' MiB')}, "
@@ -424,14 +442,18 @@ async def main_async(args: argparse.Namespace) -> int:
     assert task is not None
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     figures = await measure(args.loans, timeout_s=args.timeout, rest_s=args.rest, stall_s=args.stall,
-                            max_cached=args.max_cached, keep=args.keep, window=args.window)
+                            max_cached=args.max_cached, keep=args.keep, window=args.window,
+                            enrol_within_s=args.enrol_within)
     goal = "goal: worker RSS < 2 GiB and every loan hedged within 60 s"
     print(f"scale: {args.loans} loans, one worker, one dev server (SQLite WAL), one band-crossing tick; {goal}")
     print(table(figures))
     if args.json:
         Path(args.json).write_text(json.dumps(figures, indent=1))
     if figures["hedged"] < figures["loans"]:
-        print(f"{figures['loans'] - figures['hedged']} loans sent no hedge order within {args.timeout:.0f} s",
+        if figures["started"] < figures["loans"]:
+            print(f"{figures['loans'] - figures['started']} loan guards were never started (enrolment given up)",
+                  file=sys.stderr)
+        print(f"{figures['started'] - figures['hedged']} loans started sent no hedge order within {args.timeout:.0f} s",
               file=sys.stderr)
         return 1
     return 0
@@ -441,8 +463,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--loans", type=int, default=10_000, help="loans, one paper account each (default 10000)")
     parser.add_argument("--timeout", type=float, default=900.0,
-                        help="seconds to wait for every hedge order after the tick (default 900); enrolment may take "
-                             "max(this, 0.5 s a loan)")
+                        help="seconds to wait for every hedge order after the tick (default 900)")
+    parser.add_argument("--enrol-within", type=float, metavar="S",
+                        help="give enrolment up after S seconds (default max(--timeout, 0.5 s a loan)); no more guards "
+                             "are started then, and the tick goes out to those started")
     parser.add_argument("--rest", type=float, default=15.0, help="seconds at rest before the tick (default 15)")
     parser.add_argument("--json", metavar="FILE", help="write the figures as JSON")
     parser.add_argument("--max-cached", type=int, metavar="N",
