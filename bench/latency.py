@@ -12,7 +12,7 @@ its time is taken just before it. Per loan, latency = the emulator's arrival sta
 /v5/order/create from that loan's account minus that time (both this process's wall clock, ms).
 
 One crossing of one loan is one sample, too few for a p99: below 100 loans a run makes `--crossings` crossings
-(default 20). Between two, the price goes up to 64,000 (LTV 37.5 %, SAFE: under 38 % the hedge comes off), and
+(default 10). Between two, the price goes up to 64,000 (LTV 37.5 %, SAFE: under 38 % the hedge comes off), and
 the next crossing waits until each account is flat (no position, no open order, no order sent for 2 s). The
 percentiles pool every crossing's samples; `all_hedged_s` is the slowest crossing's last order.
 """
@@ -22,6 +22,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import signal
 import sys
 import time
 from decimal import Decimal
@@ -37,7 +38,7 @@ START_PRICE = Decimal("60000")
 CAUTION_PRICE = Decimal("52700")
 SAFE_PRICE = Decimal("64000")  # LTV 37.5 %: under risk.loan's safe_below (38 %), where the hedge comes off
 DEBT = "24000"
-DEFAULT_CROSSINGS = 20  # for N < 100: one crossing of one loan is one sample, too few for a p99
+DEFAULT_CROSSINGS = 10  # for N < 100: one crossing of one loan is one sample; each takes ~30 s (the hedge off)
 QUIET_S = 2.0  # an account is flat once it has no position, no open order and sent no order for this long
 
 
@@ -210,6 +211,10 @@ def table(runs: list[dict]) -> str:
 
 
 async def main_async(args: argparse.Namespace) -> int:
+    # SIGTERM tears the stack down as Ctrl-C does (the dev server and the worker run in their own sessions)
+    task = asyncio.current_task()
+    assert task is not None
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
     runs = []
     for n in args.loans:
         runs.append(await measure(n, timeout_s=args.timeout, crossings=crossings_for(n, args.crossings)))
@@ -233,9 +238,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--crossings must be at least 1")
     try:
         return asyncio.run(main_async(args))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError) as exc:
         print("\ninterrupted; the stack was torn down", file=sys.stderr)
-        return 130
+        return 130 if isinstance(exc, KeyboardInterrupt) else 143
 
 
 if __name__ == "__main__":

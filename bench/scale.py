@@ -253,10 +253,10 @@ async def start_guards(stack: BenchStack, accounts: list[str], *, window: int = 
         nonlocal done, started
         inp = LoanGuardInput(loan_id=f"SC-{i:05d}", account=accounts[i])
         async with sem:
-            while window and enrolled is not None and started - enrolled.count >= window:
-                if enrolled.given_up:
-                    return
+            while window and enrolled is not None and started - enrolled.count >= window and not enrolled.given_up:
                 await asyncio.sleep(0.2)
+            if enrolled is not None and enrolled.given_up:
+                return
             started += 1
             if enrolled is not None:
                 enrolled.started.add(accounts[i])
@@ -402,7 +402,7 @@ def figures_of(n: int, first: dict[str, float], *, started: int, subscribed: int
         "start_per_s": round(started / start_s, 1), "accounts_s": round(accounts_s, 1),
         "worker_rss_at_rest_mib": round(worker_rest, 1), "server_rss_at_rest_mib": round(server_rest, 1),
         "worker_rss_start_mib": round(usage.start["worker"], 1), "server_rss_start_mib": round(usage.start["server"], 1),
-        "worker_rss_per_loan_kib": round((worker_rest - usage.start["worker"]) * 1024 / n, 1),
+        "worker_rss_per_loan_kib": round((worker_rest - usage.start["worker"]) * 1024 / max(started, 1), 1),
         "all_hedged_s": round(max(lat) / 1000, 3) if lat and len(first) == n else None,
         "p50_ms": pct(50), "p95_ms": pct(95), "p99_ms": pct(99), "max_ms": round(max(lat), 1) if lat else None,
         "worker_rss_peak_mib": round(usage.peak["worker"], 1), "server_rss_peak_mib": round(usage.peak["server"], 1),
@@ -420,7 +420,7 @@ def table(f: dict[str, Any]) -> str:
         ("enrolment", f"{val('enrol_per_s', ' loans/s')} ({f['enrolled']} subscribed to the feed in {val('enrol_s', ' s')}; "
                       f"start RPCs {val('start_per_s', '/s')})"),
         ("worker RSS at rest", f"{val('worker_rss_at_rest_mib', ' MiB')} (at start {val('worker_rss_start_mib', ' MiB')}, "
-                               f"+{val('worker_rss_per_loan_kib', ' KiB')} a loan)"),
+                               f"+{val('worker_rss_per_loan_kib', ' KiB')} a guard started)"),
         ("server RSS at rest", val("server_rss_at_rest_mib", " MiB") + f" (SQLite {val('server_db_mib', ' MiB')} at the end)"),
         ("all hedged after the tick", val("all_hedged_s", " s")),
         ("tick → order p50/p95/p99/max", f"{val('p50_ms')} / {val('p95_ms')} / {val('p99_ms')} / {val('max_ms')} ms"),
