@@ -112,7 +112,7 @@ async def wait_all_watching(stack: BenchStack, loan_ids: set[str], within_s: flo
         await asyncio.sleep(1.0)
 
 
-def quiet_accounts(stack: BenchStack, accounts: list[str], since_ms: float) -> list[str]:
+def hedged_accounts(stack: BenchStack, accounts: list[str], since_ms: float) -> list[str]:
     """Accounts still hedged: a position, an open order, or an order sent in the last QUIET_S seconds."""
     assert stack.sim is not None
     engine = stack.sim.engines["bybit"]
@@ -133,7 +133,7 @@ async def back_to_safe(stack: BenchStack, accounts: list[str], *, within_s: floa
     stack.sim.market.set_price("BTCUSDT", SAFE_PRICE)
     deadline = time.monotonic() + within_s
     await asyncio.sleep(QUIET_S)
-    while busy := quiet_accounts(stack, accounts, since):
+    while busy := hedged_accounts(stack, accounts, since):
         if time.monotonic() > deadline:
             raise RuntimeError(f"{len(busy)} accounts still hedged {within_s:.0f} s after the price went up to "
                                f"{SAFE_PRICE} (first: {busy[0]})")
@@ -174,7 +174,7 @@ async def measure(n: int, *, timeout_s: float, crossings: int) -> dict:
         await asyncio.sleep(2.0)  # let the feed's first round of keep-alives pass
         rss_rest = stack.rss("worker")
         lat: list[float] = []
-        worst_all: float | None = 0.0
+        slowest = 0.0  # the slowest complete crossing's last order
         done, hedged = 0, n
         for k in range(crossings):
             if k:
@@ -185,11 +185,10 @@ async def measure(n: int, *, timeout_s: float, crossings: int) -> dict:
             done += 1
             if len(first) < n:
                 hedged = len(first)
-                worst_all = None
                 print(f"\n  {n - len(first)} loans got no hedge order within {timeout_s:.0f} s; no more crossings",
                       file=sys.stderr)
                 break
-            worst_all = max(worst_all or 0.0, max(first.values()))
+            slowest = max(slowest, max(first.values()))
         print(file=sys.stderr)
         rss_busy = stack.rss("worker")
         if not lat:
@@ -197,7 +196,7 @@ async def measure(n: int, *, timeout_s: float, crossings: int) -> dict:
         return {"loans": n, "hedged": hedged, "crossings": done, "samples": len(lat),
                 "p50_ms": round(percentile(lat, 50), 1), "p95_ms": round(percentile(lat, 95), 1),
                 "p99_ms": round(percentile(lat, 99), 1), "max_ms": round(max(lat), 1),
-                "all_hedged_s": round(worst_all / 1000, 3) if worst_all is not None else None,
+                "all_hedged_s": round(slowest / 1000, 3) if hedged == n else None,
                 "worker_rss_mib": round(max(rss_rest, rss_busy), 1), "worker_rss_at_rest_mib": round(rss_rest, 1)}
 
 
