@@ -10,7 +10,7 @@ import pytest
 
 from bench import scale
 
-pytestmark = [pytest.mark.slow, pytest.mark.late, pytest.mark.timeout(120), pytest.mark.xdist_group("beside-chaos")]
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(120)]
 
 FIELDS = ("loans", "enrol_per_s", "enrol_s", "worker_rss_at_rest_mib", "server_rss_at_rest_mib", "all_hedged_s", "hedged",
           "p50_ms", "p95_ms", "p99_ms", "max_ms", "worker_rss_peak_mib")

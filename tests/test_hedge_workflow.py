@@ -32,6 +32,23 @@ async def test_unfilled_order_is_cancelled_and_replaced_after_30s_one_rung_furth
                                                                           ("loan-L-1-2", "new")]
 
 
+async def test_an_order_cancelled_unfilled_is_replaced_without_reading_fills(ts_env, hedge_worker, sim):
+    """The cancel's answer says nothing filled: the ledger has nothing to bring in. At a band crossing every hedge
+    of a book replaces its passive orders together, and each read is work the other loans wait behind."""
+    def fill_reads() -> int:
+        return len([c for c in sim.calls.query("bybit", "/v5/execution/list") if c.get("account") == "desk"])
+
+    handle = await start_hedge(ts_env, hedge_worker, target="0.01")
+    await until(ts_env, handle, lambda v: v.open_order is not None)
+    before = fill_reads()
+    assert before >= 1  # the start-up reconciliation read them
+    await until(ts_env, handle, lambda v: v.orders_placed == 2 and v.open_order is not None)
+    assert fill_reads() == before
+    sim.market.set_price("BTCUSDT", D("60070"))  # trades through the touch order: it fills, and that is read
+    view = await until(ts_env, handle, lambda v: v.current == D("-0.01") and v.open_order is None)
+    assert fill_reads() > before and view.last_fill is not None and view.last_fill.client_order_id == "loan-L-1-2"
+
+
 async def test_escalation_reaches_ioc_and_the_hedge_converges(ts_env, hedge_worker, sim):
     engine = sim.engines["bybit"]
     engine.config.depth_levels, engine.config.level_qty = 1, D("0.002")  # a thin book: crossing cannot fill it all

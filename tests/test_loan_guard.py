@@ -10,13 +10,18 @@ from decimal import Decimal as D
 
 import pytest
 
-from models.hedge import HedgeView, OrderPolicy
+from models.hedge import HedgeView, LadderStep, OrderPolicy
 from models.loan_guard import feed_shard, feed_workflow_id
+from risk.pricing import StepKind
 from risk.pricing import round_down_to_step as lots
 from tests.loan_helpers import FAST, end_loan_workflows, enrol, open_loan, record_if_asked, wait_loan
 from workflows.hedge import HedgeWorkflow
 
 FAST_HEDGE = OrderPolicy(replace_after_s=5, fill_check_s=1, reconcile_every_s=30)
+# for tests of what the guard decides, not of how its hedge trades (test_hedge_workflow, the fall below and the crash
+# replays walk the passive rungs): every order takes liquidity, so a normal-urgency hedge is not 10 s of replaces
+TAKER_HEDGE = FAST_HEDGE.model_copy(update={"ladder": (LadderStep(kind=StepKind.CROSS, bps=D(5)),
+                                                       LadderStep(kind=StepKind.IOC, bps=D(20)))})
 
 
 @pytest.fixture
@@ -68,7 +73,7 @@ async def test_a_fall_through_every_band_grows_the_hedge_then_recovery_shrinks_i
 async def test_realised_profit_goes_to_the_loan(dev_env, loan_worker, sim, paper_settings, always_repay):
     account = f"treasury{int(always_repay)}"
     await open_loan(sim, paper_settings, account, "1", "24000")
-    handle = await enrol(dev_env.client, loan_worker, f"TREASURY-{int(always_repay)}", account, hedge_policy=FAST_HEDGE,
+    handle = await enrol(dev_env.client, loan_worker, f"TREASURY-{int(always_repay)}", account, hedge_policy=TAKER_HEDGE,
                          always_repay=always_repay)
     await wait_loan(handle, lambda v: v.ltv_pct is not None and v.price_source == "feed")
     sim.market.set_price("BTCUSDT", D("52700"))  # CAUTION: short the whole collateral
@@ -91,7 +96,7 @@ async def test_realised_profit_goes_to_the_loan(dev_env, loan_worker, sim, paper
 
 async def test_pause_resume_and_force_close(dev_env, loan_worker, sim, paper_settings):
     await open_loan(sim, paper_settings, "ops", "1", "24000")
-    handle = await enrol(dev_env.client, loan_worker, "OPS-1", "ops", hedge_policy=FAST_HEDGE)
+    handle = await enrol(dev_env.client, loan_worker, "OPS-1", "ops", hedge_policy=TAKER_HEDGE)
     await wait_loan(handle, lambda v: v.ltv_pct is not None)
     await handle.signal("pause")
     sim.market.set_price("BTCUSDT", D("52700"))  # CAUTION

@@ -356,7 +356,8 @@ class HedgeWorkflow:
             order.replace_at = workflow.now() + timedelta(seconds=self.policy.fill_check_s)
             return
         filled = final.filled if final is not None else order.filled
-        await self._sync(expect={order.client_order_id: filled} if filled > 0 else {})
+        if self._fills_to_sync(final, order):
+            await self._sync(expect={order.client_order_id: filled} if filled > 0 else {})
         self.open_order = None
         if escalate:
             self._escalate()
@@ -365,7 +366,8 @@ class HedgeWorkflow:
         order = self.open_order
         assert order is not None
         filled = state.filled if state is not None else order.filled
-        await self._sync(expect={order.client_order_id: filled} if filled > 0 else {})
+        if self._fills_to_sync(state, order):
+            await self._sync(expect={order.client_order_id: filled} if filled > 0 else {})
         self.open_order = None
         if state is not None and filled >= order.qty:
             self.step = start_step(self.urgency, self._kinds())  # a full fill: the next order starts afresh
@@ -375,6 +377,17 @@ class HedgeWorkflow:
             self.wake = True
         elif self.policy.ladder[min(order.step, len(self.policy.ladder) - 1)].kind == StepKind.IOC:
             self.retry_at = workflow.now() + timedelta(seconds=self.policy.fill_check_s)  # let liquidity refill
+
+    @staticmethod
+    def _fills_to_sync(final: OrderState | None, order: OpenOrder) -> bool:
+        """Whether an order that left the book may have filled more than the ledger holds. One the venue shows
+        with no fill since the last sync has nothing to bring in: at a band crossing every hedge of a book replaces
+        its passive orders every `replace_after_s`, and a sync after each unfilled cancel was an activity and a
+        workflow task for nothing, on a server the other loans wait for. Funding and liquidations come in with the
+        reconcile."""
+        if final is not None and final.filled == order.filled and workflow.patched("sync-only-new-fills"):
+            return False
+        return True
 
     def _next_step(self):
         assert self.market is not None
