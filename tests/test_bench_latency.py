@@ -15,7 +15,6 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(150)]
 
 
 @pytest.mark.late
-@pytest.mark.xdist_group("beside-chaos")
 def test_one_loan_two_crossings_two_samples(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "latency.json"
     assert latency.main(["--loans", "1", "--crossings", "2", "--timeout", "30", "--json", str(out)]) == 0

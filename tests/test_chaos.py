@@ -34,7 +34,7 @@ from models.settings import Settings
 from tests.loan_helpers import open_loan
 from tests.test_loan_crash_scenario import CRASH_HEDGE, POINT_S, busy
 
-pytestmark = [pytest.mark.slow, pytest.mark.solo, pytest.mark.timeout(600), pytest.mark.xdist_group("chaos")]
+pytestmark = [pytest.mark.slow, pytest.mark.solo, pytest.mark.timeout(600), pytest.mark.chaos]
 
 CRASH = "btcusdt_binance_perp_1m_2021-05-19_crash.csv"
 MINUTES = 64  # 12:10 to 13:14: the fall to the 13:10 low and the turn (the file runs to 14:24)

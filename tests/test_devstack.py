@@ -96,7 +96,6 @@ def run_stack(env: dict[str, str], ports: dict[str, int], runs_expected: int) ->
 
 
 @pytest.mark.late
-@pytest.mark.xdist_group("beside-chaos")
 def test_make_run_starts_stops_clean_and_restarts_on_the_same_state(tmp_path: Path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEDGEGUARD_") and k != "DATABASE_URL"}
     env.update(HEDGEGUARD_STATE_DIR=str(tmp_path / "state"), DATABASE_URL=f"sqlite:///{tmp_path / 'state' / 'hg.db'}")

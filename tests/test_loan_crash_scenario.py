@@ -35,7 +35,7 @@ from sim.bybit import SPOT_TAKER_FEE
 from sim.replay import DATA_DIR, FUNDING_FILE, FundingHistory
 from tests.loan_helpers import end_loan_workflows, enrol, loan_state, open_loan, wait_loan
 
-pytestmark = [pytest.mark.slow, pytest.mark.solo, pytest.mark.xdist_group("beside-chaos")]
+pytestmark = [pytest.mark.slow, pytest.mark.solo]
 
 CRASH = "btcusdt_binance_perp_1m_2020-03-12_crash.csv"
 COLLATERAL = D("10")
