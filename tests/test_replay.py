@@ -36,3 +36,16 @@ async def test_recorded_histories_replay(workflow, runner):
         history = WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
         result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
         assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
+
+
+@pytest.mark.xfail(strict=True, reason=(
+    "open bug: a loan guard history from a fresh-clone chaos run (HEDGEGUARD_CHAOS_SEED=348569187) does not "
+    "replay: the live run started a 1 s timer at event 410 where the replay schedules loan_hedge_facts (its hedge "
+    "check was due, 54.584 >= 54.540). The dev server was SIGKILLed and restarted around then; the cause is not found"))
+async def test_the_chaos_run_guard_history_replays():
+    path = HISTORIES / "known-bad" / "LoanGuardWorkflow-chaos-event-410.json"
+    history = WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
+    replayer = Replayer(workflows=ALL_WORKFLOWS + ALERT_WORKFLOWS, data_converter=pydantic_data_converter,
+                        workflow_runner=UnsandboxedWorkflowRunner())
+    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
+    assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
