@@ -30,7 +30,7 @@ from pathlib import Path
 
 import aiohttp
 
-from bench.stack import BenchStack, FeedRoster, cache_for
+from bench.stack import BenchStack, CallTail, FeedRoster, FirstOrders, cache_for
 from models.loan_guard import LoanGuardInput
 from models.settings import Settings
 
@@ -144,19 +144,15 @@ async def back_to_safe(stack: BenchStack, accounts: list[str], *, within_s: floa
 async def crossing(stack: BenchStack, accounts: list[str], *, timeout_s: float, label: str) -> dict[str, float]:
     """One band-crossing tick; per account, ms from the tick to the emulator receiving its first order."""
     assert stack.sim is not None
-    wanted = set(accounts)
+    tail = CallTail(stack)
     t0 = time.time() * 1000
     stack.sim.market.set_price("BTCUSDT", CAUTION_PRICE)
-    first: dict[str, float] = {}
-    while len(first) < len(wanted) and time.time() * 1000 - t0 < timeout_s * 1000:
-        for entry in stack.sim.calls.query(venue="bybit", path="/v5/order/create"):
-            account = entry.get("account")
-            if account in wanted and account not in first and entry["ts_ms"] >= t0:
-                first[account] = entry["ts_ms"] - t0
-        progress(f"{label}hedge orders received {len(first)}/{len(wanted)}, "
+    orders = FirstOrders(tail, set(accounts), t0)
+    while not orders.complete() and time.time() * 1000 - t0 < timeout_s * 1000:
+        progress(f"{label}hedge orders received {len(orders.read())}/{len(accounts)}, "
                  f"{(time.time() * 1000 - t0) / 1000:.1f} s after the tick")
         await asyncio.sleep(0.05)
-    return first
+    return orders.first
 
 
 def crossings_for(n: int, given: int | None) -> int:

@@ -54,7 +54,7 @@ import aiohttp
 
 from activities.venues import paper_credentials
 from bench.latency import CAUTION_PRICE, DEBT, START_PRICE, percentile
-from bench.stack import BenchStack, FeedRoster, cache_for, rss_mib
+from bench.stack import BenchStack, CallTail, FeedRoster, FirstOrders, cache_for, rss_mib
 from models.loan_guard import LoanGuardInput
 
 TASK_QUEUE = "bench"
@@ -161,31 +161,6 @@ class Usage:
     def __exit__(self, *exc) -> None:
         if self._task is not None:
             self._task.cancel()
-
-
-class CallTail:
-    """What the emulators' call log received since the last read. The log is a bounded deque, so it is read
-    newest first down to the last entry seen; if that entry was evicted in between, `lost` says so."""
-
-    def __init__(self, stack: BenchStack) -> None:
-        assert stack.sim is not None
-        self.entries = stack.sim.calls.entries
-        self.last = self.entries[-1] if self.entries else None
-        self.lost = False
-
-    def new(self) -> list[dict[str, Any]]:
-        fresh: list[dict[str, Any]] = []
-        for entry in reversed(self.entries):  # no await in here: the deque cannot change under us
-            if entry is self.last:
-                break
-            fresh.append(entry)
-        else:
-            if self.last is not None:
-                self.lost = True
-        if fresh:
-            self.last = fresh[0]
-        fresh.reverse()
-        return fresh
 
 
 class ScaleStack(BenchStack):
@@ -310,28 +285,17 @@ async def wait_subscribed(stack: BenchStack, loan_ids: set[str], *, since: float
 async def wait_hedged(stack: BenchStack, tail: CallTail, accounts: set[str], t0_ms: float, *,
                       timeout_s: float) -> dict[str, float]:
     """Per account, ms from the tick to the emulator receiving its first order, until all have one."""
-    first: dict[str, float] = {}
-    unread: list[dict[str, Any]] = []  # order entries whose account was not filled in yet
+    orders = FirstOrders(tail, accounts, t0_ms)
     progress = Progress("loans hedged (first order received)", len(accounts))
-    while len(first) < len(accounts) and time.monotonic() - progress.started < timeout_s:
+    while not orders.complete() and time.monotonic() - progress.started < timeout_s:
         worker_alive(stack)
-        pending = unread + [e for e in tail.new() if e["path"] == "/v5/order/create" and e["venue"] == "bybit"]
-        unread = []
-        for entry in pending:
-            if entry["ts_ms"] < t0_ms:
-                continue
-            account = entry.get("account")
-            if account is None and "status" not in entry:
-                unread.append(entry)
-            elif account in accounts and account not in first:
-                first[account] = entry["ts_ms"] - t0_ms
-        progress.show(len(first))
+        progress.show(len(orders.read()))
         await asyncio.sleep(0.1)
-    progress.end(len(first))
+    progress.end(len(orders.first))
     if tail.lost:
         print("  warning: the call log evicted entries before they were read; some orders may be missed",
               file=sys.stderr)
-    return first
+    return orders.first
 
 
 async def measure(n: int, *, timeout_s: float, rest_s: float = 15.0, stall_s: float = 120.0, max_cached: int | None = None,

@@ -17,6 +17,7 @@ import time
 from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
@@ -49,6 +50,57 @@ def cache_for(loans: int) -> int:
     """The worker's workflow cache for N loans: every guard and hedge, the feed and some room (an evicted
     workflow is replayed from its history on its next task)."""
     return 2 * loans + 100
+
+
+class CallTail:
+    """What the emulators' call log received since the last read. The log is a bounded deque, so it is read
+    newest first down to the last entry seen; if that entry was evicted in between, `lost` says so."""
+
+    def __init__(self, stack: BenchStack) -> None:
+        assert stack.sim is not None
+        self.entries = stack.sim.calls.entries
+        self.last = self.entries[-1] if self.entries else None
+        self.lost = False
+
+    def new(self) -> list[dict[str, Any]]:
+        fresh: list[dict[str, Any]] = []
+        for entry in reversed(self.entries):  # no await in here: the deque cannot change under us
+            if entry is self.last:
+                break
+            fresh.append(entry)
+        else:
+            if self.last is not None:
+                self.lost = True
+        if fresh:
+            self.last = fresh[0]
+        fresh.reverse()
+        return fresh
+
+
+class FirstOrders:
+    """Per account, ms from `t0_ms` to the emulator receiving its first Bybit order, from what the call log received
+    since the last read. An entry is logged before its account is known; it is kept until it is."""
+
+    def __init__(self, tail: CallTail, accounts: set[str], t0_ms: float) -> None:
+        self.tail, self.accounts, self.t0_ms = tail, accounts, t0_ms
+        self.first: dict[str, float] = {}
+        self.unread: list[dict[str, Any]] = []
+
+    def read(self) -> dict[str, float]:
+        pending = self.unread + [e for e in self.tail.new() if e["path"] == "/v5/order/create" and e["venue"] == "bybit"]
+        self.unread = []
+        for entry in pending:
+            if entry["ts_ms"] < self.t0_ms:
+                continue
+            account = entry.get("account")
+            if account is None and "status" not in entry:
+                self.unread.append(entry)
+            elif account in self.accounts and account not in self.first:
+                self.first[account] = entry["ts_ms"] - self.t0_ms
+        return self.first
+
+    def complete(self) -> bool:
+        return len(self.first) >= len(self.accounts)
 
 
 class FeedRoster:

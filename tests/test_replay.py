@@ -25,17 +25,21 @@ def histories_of(name: str) -> list[Path]:
     return sorted(HISTORIES.glob(f"{name}*.json"))
 
 
+async def replay_failure(path: Path, runner) -> Exception | None:
+    history = WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
+    replayer = Replayer(workflows=ALL_WORKFLOWS + ALERT_WORKFLOWS, data_converter=pydantic_data_converter,
+                        workflow_runner=runner)
+    return (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure
+
+
 @pytest.mark.parametrize("runner", [UnsandboxedWorkflowRunner(), SANDBOX], ids=["unsandboxed", "sandboxed"])
 @pytest.mark.parametrize("workflow", ALL_WORKFLOWS + ALERT_WORKFLOWS, ids=lambda w: w.__name__)
 async def test_recorded_histories_replay(workflow, runner):
     files = histories_of(workflow.__name__)
     assert files, f"no recorded history for {workflow.__name__} in {HISTORIES}: record one (tests/record_history.py)"
-    replayer = Replayer(workflows=ALL_WORKFLOWS + ALERT_WORKFLOWS, data_converter=pydantic_data_converter,
-                        workflow_runner=runner)
     for path in files:
-        history = WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
-        result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
-        assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
+        failure = await replay_failure(path, runner)
+        assert failure is None, f"{path.name}: {failure}"
 
 
 @pytest.mark.xfail(strict=True, reason=(
@@ -44,8 +48,5 @@ async def test_recorded_histories_replay(workflow, runner):
     "check was due, 54.584 >= 54.540). The dev server was SIGKILLed and restarted around then; the cause is not found"))
 async def test_the_chaos_run_guard_history_replays():
     path = HISTORIES / "known-bad" / "LoanGuardWorkflow-chaos-event-410.json"
-    history = WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
-    replayer = Replayer(workflows=ALL_WORKFLOWS + ALERT_WORKFLOWS, data_converter=pydantic_data_converter,
-                        workflow_runner=UnsandboxedWorkflowRunner())
-    result = await replayer.replay_workflow(history, raise_on_replay_failure=False)
-    assert result.replay_failure is None, f"{path.name}: {result.replay_failure}"
+    failure = await replay_failure(path, UnsandboxedWorkflowRunner())
+    assert failure is None, f"{path.name}: {failure}"

@@ -355,9 +355,7 @@ class HedgeWorkflow:
         if final is not None and final.status.is_open:  # the cancel did not take: keep watching, try again soon
             order.replace_at = workflow.now() + timedelta(seconds=self.policy.fill_check_s)
             return
-        filled = final.filled if final is not None else order.filled
-        if self._fills_to_sync(final, order):
-            await self._sync(expect={order.client_order_id: filled} if filled > 0 else {})
+        await self._sync_fills_of(order, final)
         self.open_order = None
         if escalate:
             self._escalate()
@@ -366,8 +364,7 @@ class HedgeWorkflow:
         order = self.open_order
         assert order is not None
         filled = state.filled if state is not None else order.filled
-        if self._fills_to_sync(state, order):
-            await self._sync(expect={order.client_order_id: filled} if filled > 0 else {})
+        await self._sync_fills_of(order, state)
         self.open_order = None
         if state is not None and filled >= order.qty:
             self.step = start_step(self.urgency, self._kinds())  # a full fill: the next order starts afresh
@@ -378,16 +375,15 @@ class HedgeWorkflow:
         elif self.policy.ladder[min(order.step, len(self.policy.ladder) - 1)].kind == StepKind.IOC:
             self.retry_at = workflow.now() + timedelta(seconds=self.policy.fill_check_s)  # let liquidity refill
 
-    @staticmethod
-    def _fills_to_sync(final: OrderState | None, order: OpenOrder) -> bool:
-        """Whether an order that left the book may have filled more than the ledger holds. One the venue shows
-        with no fill since the last sync has nothing to bring in: at a band crossing every hedge of a book replaces
-        its passive orders every `replace_after_s`, and a sync after each unfilled cancel was an activity and a
-        workflow task for nothing, on a server the other loans wait for. Funding and liquidations come in with the
-        reconcile."""
+    async def _sync_fills_of(self, order: OpenOrder, final: OrderState | None) -> None:
+        """Bring in the fills of an order that left the book. One the venue shows with no fill since the last sync
+        has nothing to bring in: at a band crossing every hedge of a book replaces its passive orders every
+        `replace_after_s`, and a sync after each unfilled cancel was an activity and a workflow task for nothing,
+        on a server the other loans wait for. Funding and liquidations come in with the reconcile."""
         if final is not None and final.filled == order.filled and workflow.patched("sync-only-new-fills"):
-            return False
-        return True
+            return
+        filled = final.filled if final is not None else order.filled
+        await self._sync(expect={order.client_order_id: filled} if filled > 0 else {})
 
     def _next_step(self):
         assert self.market is not None
