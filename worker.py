@@ -31,6 +31,7 @@ from activities.venues import VenuePool
 from models.alerts import TELEGRAM_COMMANDS_ID, CommandPoll, alerts_queue
 from models.settings import Settings, SettingsError, load_settings
 from workflows import ALERT_WORKFLOWS, ALL_WORKFLOWS
+from workflows.clock_guard import ClockGuardedRunner
 
 log = logging.getLogger("hedgeguard.worker")
 
@@ -43,8 +44,8 @@ def workflow_runner(settings: Settings) -> WorkflowRunner:
     """Unsandboxed by default: the sandbox re-imports workflows/ for every run and wraps the stdlib, which made
     each loan's guard and hedge cost about twice the CPU and memory (bench.latency, bench.scale). What the
     sandbox would refuse (a clock read, I/O, random) is still caught: the replay tests run every recorded
-    history inside it."""
-    return SANDBOX if settings.workflow_sandbox else UnsandboxedWorkflowRunner()
+    history inside it. Either way a run refuses an activation whose clock lags its events (workflows/clock_guard.py)."""
+    return ClockGuardedRunner(SANDBOX if settings.workflow_sandbox else UnsandboxedWorkflowRunner())
 
 
 def build_worker(client: Client, settings: Settings, store: Store, venues: VenuePool, *,
