@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import time
 import zlib
 from dataclasses import dataclass
@@ -21,12 +22,14 @@ from decimal import Decimal
 
 from ccxt.base.errors import NetworkError
 from temporalio import activity
+from temporalio.client import WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
 from activities.venues import VenuePool
 from models.loan_guard import FeedSubscription, FeedSubscriptions, FeedWatch, PriceTick, loan_workflow_id
 from risk.loan import Band, band_for, ltv_pct
 
+log = logging.getLogger("hedgeguard.feed")
 REFRESH_S = 1.0
 STREAM_SILENT_S = 15.0  # the venue pushes tickers every 100 ms to 1 s: a stream this quiet is reconnected
 SIGNALS_IN_FLIGHT = 64
@@ -94,6 +97,17 @@ async def signal_loan(client, loan_id: str, name: str, arg: object, gate: asynci
             return False
 
 
+async def read_subscriptions(own: WorkflowHandle, version: int) -> FeedSubscriptions | None:
+    """The shard's subscriptions changed since `version`, or None when this read failed: the feed goes on with the
+    list it has and reads again a second later. A worker refuses a query whose task carries an activation with a
+    lagging clock (workflows/clock_guard.py); that is one failed read, not a reason to drop the ticker stream."""
+    try:
+        return await own.query("subscriptions", version, result_type=FeedSubscriptions)
+    except WorkflowQueryFailedError as exc:
+        log.warning("feed %s: subscription read failed, keeping the last list: %s", own.id, exc)
+        return None
+
+
 class FeedActivities:
     def __init__(self, venues: VenuePool) -> None:
         self.venues = venues
@@ -127,10 +141,9 @@ class FeedActivities:
             while time.monotonic() - started < req.rotate_after_s:
                 now = time.monotonic()
                 if now - refreshed >= REFRESH_S:
-                    current: FeedSubscriptions = await own.query("subscriptions", version,
-                                                                 result_type=FeedSubscriptions)
+                    current = await read_subscriptions(own, version)
                     refreshed = now
-                    if current.version != version:
+                    if current is not None and current.version != version:
                         version = current.version
                         apply_subscriptions(subs, current, sent)
                 if task.done():  # the stream pump died of something other than a dropped socket: fail, be retried

@@ -9,6 +9,7 @@ from decimal import Decimal as D
 
 from temporalio.common import WorkflowIDConflictPolicy
 
+from activities.feed import read_subscriptions
 from activities.venues import ensure_paper_account
 from models.loan_guard import (
     BandSettings,
@@ -75,5 +76,9 @@ async def test_the_feed_answers_what_changed_since_the_askers_version(dev_env, p
 
             again = await ask()
             assert again.full and {s.loan_id for s in again.subscriptions} == {a, b, d}
+
+            # a read the shard does not answer (here: a version it cannot parse) leaves the feed with its last list
+            assert await read_subscriptions(client.get_workflow_handle(feed_id), "v6") is None  # type: ignore[arg-type]
+            assert (await read_subscriptions(client.get_workflow_handle(feed_id), 5)) == since_d
         finally:
             await end_loan_workflows(client)
