@@ -17,7 +17,7 @@ from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
 from worker import SANDBOX
 from workflows import ALERT_WORKFLOWS, ALL_WORKFLOWS
-from workflows.clock_guard import ClockGuardedInstance
+from workflows.clock_guard import ClockGuardedInstance, has_work
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -58,7 +58,7 @@ class LaggingClock(UnsandboxedWorkflowRunner):
             def activate(self, act):
                 if act.history_length in lengths and self.last is not None:
                     act.timestamp.FromNanoseconds(self.last[0])
-                if any(job.WhichOneof("variant") != "query_workflow" for job in act.jobs):
+                if has_work(act):
                     self.last = (act.timestamp.ToNanoseconds(), act.history_length)
                 return self.inner.activate(act)
 

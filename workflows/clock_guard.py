@@ -29,6 +29,11 @@ log = logging.getLogger("hedgeguard.worker")
 NOT_WORK = {"query_workflow", "remove_from_cache"}
 
 
+def has_work(act: WorkflowActivation) -> bool:
+    """Whether the activation moves the run on (an event or a start), not only asks it something or drops it."""
+    return any(job.WhichOneof("variant") not in NOT_WORK for job in act.jobs)
+
+
 class ClockGuardedRunner(WorkflowRunner):
     """Wraps a runner (sandboxed or not) so that each instance it creates checks its activations' clock."""
 
@@ -52,19 +57,16 @@ class ClockGuardedInstance(WorkflowInstance):
         self.refused = 0
 
     def activate(self, act: WorkflowActivation) -> WorkflowActivationCompletion:
-        work = any(job.WhichOneof("variant") not in NOT_WORK for job in act.jobs)
-        if work:
+        if has_work(act):
             now, length = act.timestamp.ToNanoseconds(), act.history_length
             if (not act.is_replaying and self.last is not None and now == self.last[0] and length > self.last[1]):
                 self.refused += 1
-                info = self.inner.get_info()
-                log.warning("workflow %s (run %s): refused an activation whose clock has not moved since history "
-                            "event %d although the history grew to %d events; the run is reloaded from its history",
-                            info.workflow_id, act.run_id, self.last[1], length)
+                why = (f"its clock has not moved since history event {self.last[1]} although the history grew to "
+                       f"{length} events")
+                log.warning("workflow %s (run %s): refused an activation: %s; the run is reloaded from its history",
+                            self.inner.get_info().workflow_id, act.run_id, why)
                 completion = WorkflowActivationCompletion(run_id=act.run_id)
-                completion.failed.failure.message = (
-                    f"activation refused: its clock has not moved since history event {self.last[1]} although the "
-                    f"history grew to {length} events (hedgeguard workflows/clock_guard.py)")
+                completion.failed.failure.message = f"activation refused: {why} (hedgeguard workflows/clock_guard.py)"
                 return completion
             self.last = (now, length)
         return self.inner.activate(act)
