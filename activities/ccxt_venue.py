@@ -270,6 +270,21 @@ class CcxtVenue:
             raise VenueUnavailable(self.name, f"order {request.client_order_id} accepted but not found by its id")
         return self._settled(placed)
 
+    async def submit_order(self, request: OrderRequest) -> bool:
+        """Send an order under a client id that has never been placed, without looking it up first: the reflex
+        path (activities/reflex.py), where one round trip less is the point. False when the venue already had
+        the id (its duplicate answer); the order's state is read later by the hedge that owns it."""
+        unified = await self.unified(request.symbol)
+        try:
+            await self._call("create_order", unified, request.type.value, request.side, str(request.qty),
+                             str(request.price) if request.price is not None else None,
+                             self._create_params(request), retries_unavailable=0)
+        except OrderRejected as rej:
+            if rej.reason != RejectReason.DUPLICATE_CLIENT_ORDER_ID:
+                raise
+            return False
+        return True
+
     def _settled(self, order: OrderState) -> OrderState:
         """A post-only order the venue cancelled for crossing is a rejection, on every venue."""
         if order.reject_reason == RejectReason.POST_ONLY_WOULD_CROSS and order.filled == 0:

@@ -123,6 +123,7 @@ class HedgeCarry(BaseModel):
     realised_pnl: Decimal
     unrealised_pnl: Decimal
     open_order: OpenOrder | None
+    reflex_checks: list[str] = Field(default_factory=list)
 
 
 HedgeInput.model_rebuild()
@@ -135,6 +136,9 @@ class TargetChange(BaseModel):
     target: Decimal = Field(ge=0)
     urgency: Urgency = Urgency.NORMAL
     seq: int = Field(0, ge=0)
+    # client order ids of reflex orders the feed may have placed for this hedge (models.loan_guard.ArmedReflex):
+    # the hedge brings their fills into its ledger before it plans the rest
+    reflexes: tuple[str, ...] = ()
 
 
 class RiskChange(BaseModel):

@@ -142,6 +142,8 @@ class PriceTick(BaseModel):
     mark: Decimal
     at: datetime
     source: str = "feed"
+    reflex: str | None = None  # the client order id of a reflex order the feed sent on this tick,
+    reflex_hedge: str | None = None  # for this hedge
 
 
 class TreasuryRecord(BaseModel):
@@ -198,12 +200,31 @@ class LoanCarry(BaseModel):
     realised_notional: Decimal = Decimal(0)
     hedge_paused_sent: bool | None = None
     pending: PendingMove | None = None
+    reflex_seq: int = 0
+    armed: ArmedReflex | None = None
+    reflex_report: list[str] = Field(default_factory=list)
 
 
+
+
+class ArmedReflex(BaseModel):
+    """The first order of a band crossing, armed by the guard and sent by the feed the moment a tick puts the
+    loan above `from_band`: an IOC sell of the new band's hedge target less `base_btc` (the short the hedge was
+    last asked for), at the IOC rung's price. One client order id per armed content, so a feed that fires it
+    twice (a retried activity) places it once."""
+
+    model_config = ConfigDict(frozen=True)
+
+    client_order_id: str
+    hedge_id: str
+    from_band: int
+    base_btc: Decimal
+    ioc_bps: Decimal
+    price_band_bps: Decimal
 
 
 class FeedSubscription(BaseModel):
-    """What the feed needs to know of a loan to decide when to wake it."""
+    """What the feed needs to know of a loan to decide when to wake it (and, when armed, what to send at once)."""
 
     loan_id: str
     venue: str
@@ -215,6 +236,7 @@ class FeedSubscription(BaseModel):
     band: int
     keepalive_s: int
     ltv_step_pct: Decimal
+    reflex: ArmedReflex | None = None
 
 
 class FeedInput(BaseModel):
@@ -355,6 +377,9 @@ class LoanView(BaseModel):
     always_repay: bool
     next_sync_at: datetime | None
     summary: str
+    # the client order id of the reflex the feed holds for this loan's next crossing (activities/reflex.py); None
+    # once a pause, force-close or unenrol has reached the feed: from then on no reflex is sent
+    reflex_armed: str | None = None
 
 
 for _model in (PendingMove, LoanCarry, LoanGuardInput):  # they name models defined further down

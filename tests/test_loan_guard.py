@@ -99,6 +99,8 @@ async def test_pause_resume_and_force_close(dev_env, loan_worker, sim, paper_set
     handle = await enrol(dev_env.client, loan_worker, "OPS-1", "ops", hedge_policy=TAKER_HEDGE)
     await wait_loan(handle, lambda v: v.ltv_pct is not None)
     await handle.signal("pause")
+    # a pause is whole once the feed has dropped the loan's reflex order (what `starter.py loan pause` waits for)
+    await wait_loan(handle, lambda v: v.paused and v.reflex_armed is None)
     sim.market.set_price("BTCUSDT", D("52700"))  # CAUTION
     view = await wait_loan(handle, lambda v: v.band == "CAUTION" and v.paused and v.hedge_id is not None)
     deadline = time.monotonic() + 10

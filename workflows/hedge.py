@@ -1,5 +1,6 @@
 """HedgeWorkflow: drives one venue position to the target its book asks for. The only code that places
-hedge orders.
+hedge orders, but for a loan's reflex (activities/reflex.py: the feed sends the first order of a band crossing
+on the tick); a retarget names such orders, and the hedge brings their fills into its ledger before it plans.
 
 One loop, woken by a signal, an update or a timer:
   - an open order is checked every `fill_check_s`; after `replace_after_s` it is cancelled and the rest
@@ -105,6 +106,7 @@ class HedgeWorkflow:
         self.realised = c.realised_pnl if c else ZERO
         self.unrealised = c.unrealised_pnl if c else ZERO
         self.open_order: OpenOrder | None = c.open_order if c else None
+        self.reflex_checks: list[str] = list(c.reflex_checks) if c else []
         self.market: MarketFacts | None = None
         self.blocked: str | None = None
         self.retry_at: datetime | None = None
@@ -132,6 +134,9 @@ class HedgeWorkflow:
             raise ApplicationError("the hedge is closing; it takes no new target")
 
     def _apply_target(self, change: TargetChange) -> None:
+        if change.reflexes:  # booked even by a closing hedge: what it closes must include them (a repeat is harmless)
+            self.reflex_checks += [cid for cid in change.reflexes if cid not in self.reflex_checks]
+            self.wake = True
         if self.closing or (change.seq and change.seq <= self.target_seq):
             return  # closing hedges take no new target; a repeated or older signal changes nothing
         self.target_seq = max(self.target_seq, change.seq)
@@ -213,6 +218,8 @@ class HedgeWorkflow:
                     workflow.continue_as_new(inp.model_copy(update={"policy": self.policy, "carry": self._carry()}))
                 now = workflow.now()
                 try:
+                    if self.reflex_checks:
+                        await self._book_reflexes()
                     if (not self.risk_active and self.risk_cleared_at is not None and not self.closing
                             and now >= self.risk_cleared_at + timedelta(seconds=self.policy.expiry_s)):
                         workflow.logger.info("risk cleared %ss ago: closing %s", self.policy.expiry_s,
@@ -337,6 +344,24 @@ class HedgeWorkflow:
         elif state.filled > order.filled:
             await self._sync(expect={order.client_order_id: state.filled})
             order.filled = state.filled
+
+    async def _book_reflexes(self) -> None:
+        """Reflex orders the feed may have placed for this hedge: their fills go into the ledger before anything
+        is planned, so the position they built is not built again. An IOC leaves nothing resting; one a venue
+        left resting is cancelled (the hedge's own orders take it from here)."""
+        expect: dict[str, Decimal] = {}
+        for cid in self.reflex_checks:
+            lookup = OrderLookup(ref=self.ref, client_order_id=cid)
+            state: OrderState | None = await workflow.execute_activity("hedge_order", lookup,
+                                                                       result_type=OrderState | None, **VENUE_CALL)
+            if state is not None and state.status.is_open:
+                state = await workflow.execute_activity("hedge_cancel", lookup, result_type=OrderState | None,
+                                                        **VENUE_CALL)
+            if state is not None and state.filled > 0:
+                expect[cid] = state.filled
+        if expect:
+            await self._sync(expect=expect)
+        self.reflex_checks = []
 
     def _order_obsolete(self, order: OpenOrder) -> bool:
         """Whether the target moved so that the resting order now points the wrong way or too far."""
@@ -516,7 +541,7 @@ class HedgeWorkflow:
                           cursor=self.cursor, paused=self.paused, risk_active=self.risk_active,
                           risk_cleared_at=self.risk_cleared_at, closing=self.closing, urgency=self.urgency,
                           target_seq=self.target_seq, last_fill=self.last_fill, realised_pnl=self.realised,
-                          unrealised_pnl=self.unrealised, open_order=self.open_order)
+                          unrealised_pnl=self.unrealised, open_order=self.open_order, reflex_checks=self.reflex_checks)
 
     def _operator(self, what: str, by: str) -> None:
         if by.startswith(BOOK_SENDER):  # the hedge's own book steering it, not a person

@@ -8,7 +8,9 @@ Keeps a Bybit BTC-collateralised USDT loan near its target LTV and under critica
   - from CAUTION up, unrealised hedge profit is realised (the hedge is asked down by the realised part
     and back up at once: realise-and-re-hedge) and the treasury turns realised profit into collateral
     (LTV above caution), repayment (below repay_below) or reserve; at CRITICAL the reserve repays;
-  - the hedge's own liquidation price is watched: alert, and top up its margin from the reserve.
+  - the hedge's own liquidation price is watched: alert, and top up its margin from the reserve;
+  - the next upward band crossing is armed in the feed subscription (activities/reflex.py): the feed sends its
+    first order on the tick, and the retarget that follows names that order so the hedge books it first.
 `pause` keeps watching and alerting but trades nothing and moves no money; `force_close` closes the hedge
 now (and pauses); `unenrol` closes the hedge and ends the workflow once it is flat.
 Money moves carry keys derived from the loan id and a sequence kept here: a retry never moves money twice.
@@ -25,6 +27,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 
 from workflows.common import ALERT_CALL, BOOK_SENDER, alert_once, continue_as_new_due, operator_summary
+from workflows.hedge import client_order_id
 
 with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
@@ -32,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
     from models.ledger import Book, HedgeSide, HedgeStatus
     from models.loan import LoanSnapshot
     from models.loan_guard import (
+        ArmedReflex,
         BandSettings,
         FeedSubscription,
         FeedUnsubscribe,
@@ -65,7 +69,7 @@ with workflow.unsafe.imports_passed_through():
         risk_price,
         urgency_for,
     )
-    from risk.pricing import round_down_to_step
+    from risk.pricing import StepKind, round_down_to_step
 
 ZERO = Decimal(0)
 QTY_STEP = Decimal("0.001")  # until the hedge's market facts are read
@@ -127,6 +131,9 @@ class LoanGuardWorkflow:
         self.next_facts: datetime | None = None
         self.hedge_paused_sent = c.hedge_paused_sent if c and c.hedge_paused_sent is not None else self.paused
         self.pending: PendingMove | None = c.pending if c else None
+        self.reflex_seq = c.reflex_seq if c else 0
+        self.armed: ArmedReflex | None = c.armed if c else None
+        self.reflex_report: list[str] = list(c.reflex_report) if c else []  # reflex ids the hedge is to look up
         self.treasury_backoff: datetime | None = None
         self.subscribed: FeedSubscription | None = None
         self.retry_at: datetime | None = None
@@ -144,6 +151,12 @@ class LoanGuardWorkflow:
         if tick.source == "feed":
             self.feed_at = workflow.now()
             self.feed_lost = None
+        # the feed sent our armed order on this tick: it is spent, and the hedge books it (a late tick naming the
+        # order of a hedge that has ended is not for the hedge there is now)
+        if tick.reflex is not None and tick.reflex_hedge == self._hedge_id():
+            self._report_reflex(tick.reflex)
+            if self.armed is not None and self.armed.client_order_id == tick.reflex:
+                self._retire_reflex()
         self.tick = tick
         self.wake = True
 
@@ -232,7 +245,8 @@ class LoanGuardWorkflow:
             last_treasury=self.last_treasury, treasury_actions=self.treasury_seq, paused=self.paused,
             hedge_closed=self.hedge_closed, unenrolling=self.unenrolling, bands=self.cfg,
             always_repay=self.inp.always_repay, next_sync_at=self.next_sync,
-            summary=summary_line(self.inp.loan_id, self.ltv, self.band, current))
+            summary=summary_line(self.inp.loan_id, self.ltv, self.band, current),
+            reflex_armed=self.subscribed.reflex.client_order_id if self.subscribed and self.subscribed.reflex else None)
 
     # -- the loop -------------------------------------------------------------------------------
     @workflow.run
@@ -250,6 +264,9 @@ class LoanGuardWorkflow:
                 self.retry_at = None
                 try:
                     await self._step(now)
+                    if (self.subscribed is not None and self.tick is not None and self.collateral > 0
+                            and workflow.patched("reflex")):
+                        await self._subscribe()  # the step moved the hedge on (realising, a treasury move): re-arm
                 except ActivityError as err:
                     cause = err.cause.message if isinstance(err.cause, ApplicationError) else str(err.cause or err)
                     self._alert("CRITICAL", "venue", f"loan {inp.loan_id}: venue call failing", cause)
@@ -353,12 +370,45 @@ class LoanGuardWorkflow:
                         f"hedge target {self._target_for(band)[0]} BTC",
                         topic=f"LTV alerts for {self.inp.loan_id}", figure=self.ltv.quantize(Decimal("0.01")), unit="%")
             self.band = band
+            if self.armed is not None and band > self.armed.from_band:  # the feed may have sent it on this tick
+                self._report_reflex(self.armed.client_order_id)
+                self._retire_reflex()
+
+    # -- the reflex (activities/reflex.py) -------------------------------------------------------------
+    def _report_reflex(self, reflex_id: str) -> None:
+        if reflex_id not in self.reflex_report:
+            self.reflex_report.append(reflex_id)
+
+    def _retire_reflex(self) -> None:
+        """An armed id is used for one content only: once spent or changed it may have fired, so never again."""
+        self.armed = None
+        self.reflex_seq += 1
+
+    def _arm(self) -> ArmedReflex | None:
+        """The order the feed sends if a tick lifts the loan out of its band: armed while the guard steers a live,
+        unpaused hedge and there is a band above."""
+        ioc = next((step for step in reversed(self.inp.hedge_policy.ladder) if step.kind == StepKind.IOC), None)
+        if (not workflow.patched("reflex") or ioc is None or not self.hedge_started or self.hedge_closed
+                or self.closing_hedge or self.paused or self.unenrolling or self.realising is not None
+                or self.band >= Band.CRITICAL or self.sent_target is None or self.collateral <= 0):
+            wanted = None
+        else:
+            wanted = (int(self.band), self.sent_target, ioc.bps, self.inp.hedge_policy.price_band_bps)
+        armed = self.armed
+        if armed is not None and (armed.from_band, armed.base_btc, armed.ioc_bps, armed.price_band_bps) != wanted:
+            self._retire_reflex()
+        if wanted is not None and self.armed is None:
+            self.armed = ArmedReflex(client_order_id=client_order_id(self._hedge_id(), self.reflex_seq, "x"),
+                                     hedge_id=self._hedge_id(), from_band=wanted[0], base_btc=wanted[1],
+                                     ioc_bps=wanted[2], price_band_bps=wanted[3])
+        return self.armed
 
     async def _subscribe(self) -> None:
         t = self.inp.timing
         sub = FeedSubscription(loan_id=self.inp.loan_id, venue=self.inp.venue, account=self.inp.account,
                                symbol=self.inp.symbol, debt=self.principal + self.interest, collateral_btc=self.collateral,
-                               bands=self.cfg, band=int(self.band), keepalive_s=t.keepalive_s, ltv_step_pct=t.ltv_step_pct)
+                               bands=self.cfg, band=int(self.band), keepalive_s=t.keepalive_s, ltv_step_pct=t.ltv_step_pct,
+                               reflex=self._arm())
         if sub == self.subscribed or self.unenrolling:
             return
         if (self.subscribed is not None and sub.model_copy(update={"band": self.subscribed.band}) == self.subscribed
@@ -427,9 +477,11 @@ class LoanGuardWorkflow:
         if self.paused != self.hedge_paused_sent:
             await self._signal_hedge("pause" if self.paused else "resume", f"{BOOK_SENDER} {self.inp.loan_id}")
             self.hedge_paused_sent = self.paused
-        if (target, urgency) != (self.sent_target, self.sent_urgency):
+        if (target, urgency) != (self.sent_target, self.sent_urgency) or self.reflex_report:
             self.target_seq += 1
-            await self._signal_hedge("retarget", TargetChange(target=target, urgency=urgency, seq=self.target_seq))
+            reflexes, self.reflex_report = tuple(self.reflex_report), []
+            await self._signal_hedge("retarget", TargetChange(target=target, urgency=urgency, seq=self.target_seq,
+                                                              reflexes=reflexes))
             self.sent_target, self.sent_urgency = target, urgency
             # read the hedge at its usual interval: a read 1 s after every retarget rarely saw a fill yet, and a
             # thousand loans retargeted by one tick spent the dev server on those reads (bench.latency)
@@ -454,6 +506,9 @@ class LoanGuardWorkflow:
             self._record(TreasuryRecord(key=self._next_key("k"), kind="reserve", usdt=left, at=workflow.now(),
                                         note=f"profit of hedge {self._hedge_id()}, {how}"))
         self.allocated = ZERO  # the next hedge's ledger starts from zero
+        self.reflex_report = []  # ids of the hedge that ended: its ledger is closed
+        if self.armed is not None:
+            self._retire_reflex()
         self.closing_hedge, self.hedge_closed = False, True
         self.sent_target = None
         self._alert("INFO", "hedge-closed", f"loan {self.inp.loan_id}: hedge {how}", self._hedge_id())
@@ -657,7 +712,8 @@ class LoanGuardWorkflow:
                          unenrolling=self.unenrolling, realising=self.realising, max_ltv=self.max_ltv,
                          tag=self.tag, closing_hedge=self.closing_hedge, realisations=self.realisations,
                          realised_btc=self.realised_btc, realised_notional=self.realised_notional,
-                         hedge_paused_sent=self.hedge_paused_sent, pending=self.pending)
+                         hedge_paused_sent=self.hedge_paused_sent, pending=self.pending, reflex_seq=self.reflex_seq,
+                         armed=self.armed, reflex_report=self.reflex_report)
 
     def _alert(self, severity: str, kind: str, title: str, text: str, *, topic: str | None = None,
                figure: Decimal | None = None, unit: str = "", category: str = "alert") -> None:
