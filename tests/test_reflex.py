@@ -97,3 +97,23 @@ async def test_the_feed_sends_the_crossing_order_and_the_hedge_books_it_instead_
     assert [o.client_id for o in second][-1] != armed and second[-1].qty == D("0.200")
     await record_if_asked(dev_env.client, handle.id, "LoanGuardWorkflow-reflex")
     await record_if_asked(dev_env.client, f"hedge-{view.hedge_id}", "HedgeWorkflow-loan-reflex")
+
+
+async def test_a_pause_disarms_the_feed_while_the_guard_waits_on_a_failing_venue(dev_env, loan_worker, sim, paper_settings):
+    """The guard's loop can be minutes inside a loan read that keeps failing; a pause must still reach the feed
+    before the next crossing, or the feed would trade for a paused loan."""
+    import asyncio
+
+    await open_loan(sim, paper_settings, "reflexpause", "1", "24000")
+    handle = await enrol(dev_env.client, loan_worker, "REFLEX-2", "reflexpause", hedge_policy=OrderPolicy(fill_check_s=1))
+    await wait_loan(handle, lambda v: v.reflex_armed is not None and v.price_source == "feed")
+    failing = sim.faults.add("bybit", "http500", count=100_000, path="/v5/crypto-loan")
+    await asyncio.sleep(6)  # the next loan read (every 5 s here) fails, and is retried for up to 2 minutes
+    assert failing.count < 100_000, "the guard has not tried to read its loan yet"
+    await handle.signal("pause")
+    await wait_loan(handle, lambda v: v.paused and v.reflex_armed is None, within_s=10)
+    sim.market.set_price("BTCUSDT", D("52700"))  # CAUTION
+    await asyncio.sleep(3)
+    account = sim.engines["bybit"].account_by_name("reflexpause")
+    assert not [o for o in account.orders if o.client_id], "a paused loan's feed traded"
+    sim.faults.clear()

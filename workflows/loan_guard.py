@@ -18,6 +18,7 @@ Money moves carry keys derived from the loan id and a sequence kept here: a retr
 
 from __future__ import annotations
 
+import asyncio
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
@@ -134,6 +135,7 @@ class LoanGuardWorkflow:
         self.reflex_seq = c.reflex_seq if c else 0
         self.armed: ArmedReflex | None = c.armed if c else None
         self.reflex_report: list[str] = list(c.reflex_report) if c else []  # reflex ids the hedge is to look up
+        self._subscribing = asyncio.Lock()
         self.treasury_backoff: datetime | None = None
         self.subscribed: FeedSubscription | None = None
         self.retry_at: datetime | None = None
@@ -255,6 +257,7 @@ class LoanGuardWorkflow:
         if not self.tag:  # distinguishes this enrolment's hedge and money keys from an earlier one's
             self.tag = workflow.uuid4().hex[:4]
         self._show()
+        self._disarmer = asyncio.create_task(self._keep_feed_disarmed())
         while True:
             if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
@@ -403,13 +406,32 @@ class LoanGuardWorkflow:
                                      ioc_bps=wanted[2], price_band_bps=wanted[3])
         return self.armed
 
+    async def _keep_feed_disarmed(self) -> None:
+        """A pause, force-close or unenrol takes the armed reflex out of the feed at once, also while the loop
+        waits on a venue call that is failing (a loan read retries for minutes): the feed is ours to change."""
+        t = self.inp.timing
+        while True:
+            await workflow.wait_condition(lambda: self.subscribed is not None and self.subscribed.reflex is not None
+                                          and (self.paused or self.closing_hedge or self.unenrolling or self.hedge_closed))
+            try:
+                await self._subscribe()
+            except ActivityError as err:
+                self._alert("CRITICAL", "reflex", f"loan {self.inp.loan_id}: cannot disarm the feed's reflex order",
+                            f"{err.cause or err}; trying again in {t.poll_every_s} s")
+                await workflow.sleep(timedelta(seconds=t.poll_every_s))
+
     async def _subscribe(self) -> None:
+        async with self._subscribing:  # one at a time, each built from the state when it goes: the last one holds
+            await self._send_subscription()
+
+    async def _send_subscription(self) -> None:
         t = self.inp.timing
         sub = FeedSubscription(loan_id=self.inp.loan_id, venue=self.inp.venue, account=self.inp.account,
                                symbol=self.inp.symbol, debt=self.principal + self.interest, collateral_btc=self.collateral,
                                bands=self.cfg, band=int(self.band), keepalive_s=t.keepalive_s, ltv_step_pct=t.ltv_step_pct,
                                reflex=self._arm())
-        if sub == self.subscribed or self.unenrolling:
+        # an unenrolling loan only ever disarms (the feed drops it once the hedge is closed)
+        if sub == self.subscribed or (self.unenrolling and (self.subscribed is None or self.subscribed.reflex is None)):
             return
         if (self.subscribed is not None and sub.model_copy(update={"band": self.subscribed.band}) == self.subscribed
                 and workflow.patched("no-resubscribe-for-band")):
