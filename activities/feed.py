@@ -80,6 +80,19 @@ def apply_subscriptions(subs: dict[str, FeedSubscription], update: FeedSubscript
         subs[sub.loan_id] = sub
 
 
+def revalue(woken: list[tuple[FeedSubscription, Sent]], subs: dict[str, FeedSubscription], tick: PriceTick,
+            sent: dict[str, Sent], now: float) -> list[tuple[FeedSubscription, Sent]]:
+    """The woken loans valued again with the subscriptions just read (a repaid loan may no longer cross); a loan
+    gone from the feed is left out."""
+    out = []
+    for old, _ in woken:
+        sub = subs.get(old.loan_id)
+        if sub is not None:
+            _, band, ltv = wake_due(sub, tick, sent.get(sub.loan_id), now)
+            out.append((sub, Sent(band=band, ltv=ltv, at=now)))
+    return out
+
+
 def _quote(ticker: dict, tick: PriceTick) -> ReflexQuote | None:
     """The book's touch as the stream last showed it (None when the stream carries no bid/ask: no reflex then)."""
     bid, ask = ticker.get("bid"), ticker.get("ask")
@@ -199,8 +212,11 @@ class FeedActivities:
                         if current.version != version:
                             version = current.version
                             apply_subscriptions(subs, current, sent)
-                        woken = [(subs[sub.loan_id], told) for sub, told in woken if sub.loan_id in subs]
+                        woken = revalue(woken, subs, tick, sent, now)
                         told_reflex = await self._fire_reflexes(woken, tick, quote, market, fired, gate)
+                for sub, told in woken:  # a crossing the reflex sat out (no quote, no read, a refusal) spends it too:
+                    if sub.reflex is not None and told.band > sub.reflex.from_band:  # the guard reports it spent
+                        fired.add(sub.reflex.client_order_id)
                 delivered = await asyncio.gather(*(
                     signal_loan(client, sub.loan_id, "price", told_reflex.get(sub.loan_id, tick), gate)
                     for sub, _ in woken))

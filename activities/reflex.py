@@ -44,6 +44,8 @@ def reflex_order(sub: FeedSubscription, band: Band, quote: ReflexQuote | None, m
         return None
     target = hedge_target_btc(sub.collateral_btc, band, sub.bands.bands())
     qty = round_down_to_step(target - armed.base_btc, market.qty_step)
+    if armed.max_qty is not None:
+        qty = min(qty, round_down_to_step(armed.max_qty, market.qty_step))
     if qty < market.min_qty:
         return None
     priced = price_order(StepKind.IOC, armed.ioc_bps, "sell", Quote(bid=quote.bid, ask=quote.ask, index=quote.index),

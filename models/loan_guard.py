@@ -203,6 +203,8 @@ class LoanCarry(BaseModel):
     reflex_seq: int = 0
     armed: ArmedReflex | None = None
     reflex_report: list[str] = Field(default_factory=list)
+    subscribed: FeedSubscription | None = None
+    feed_reflex: str | None = None
 
 
 
@@ -221,6 +223,7 @@ class ArmedReflex(BaseModel):
     base_btc: Decimal
     ioc_bps: Decimal
     price_band_bps: Decimal
+    max_qty: Decimal | None = None  # the hedge policy's max_order_qty: a reflex is never bigger than one order
 
 
 class FeedSubscription(BaseModel):

@@ -238,7 +238,7 @@ class HedgeWorkflow:
                 except ActivityError as err:
                     self._venue_failed(err)
                 self._show()
-                if self.closing and self.open_order is None and self._flat():
+                if self.closing and self.open_order is None and self._flat() and await self._flat_at_venue():
                     return await self._finish()
                 await self._sleep()
         except asyncio.CancelledError:
@@ -246,6 +246,21 @@ class HedgeWorkflow:
                 await workflow.execute_activity("hedge_cancel", OrderLookup(
                     ref=self.ref, client_order_id=self.open_order.client_order_id), **VENUE_CALL)
             raise
+
+    async def _flat_at_venue(self) -> bool:
+        """A fill the hedge was not told of (a reflex the feed sent as the close began) is in the venue's list by
+        now: a hedge is CLOSED only if its ledger is still flat after one more sync."""
+        if not workflow.patched("sync-before-closed"):
+            return True
+        try:
+            await self._sync()
+        except ActivityError as err:
+            self._venue_failed(err)
+            return False
+        if self._flat():
+            return True
+        self.wake = True  # not flat after all: close what came in
+        return False
 
     async def _start_up(self, inp: HedgeInput) -> None:
         """The store row, the market's lot sizes and a first reconciliation; a venue that is down delays
@@ -350,7 +365,8 @@ class HedgeWorkflow:
         is planned, so the position they built is not built again. An IOC leaves nothing resting; one a venue
         left resting is cancelled (the hedge's own orders take it from here)."""
         expect: dict[str, Decimal] = {}
-        for cid in self.reflex_checks:
+        checked = list(self.reflex_checks)  # a retarget during the lookups may name more: they stay for next time
+        for cid in checked:
             lookup = OrderLookup(ref=self.ref, client_order_id=cid)
             state: OrderState | None = await workflow.execute_activity("hedge_order", lookup,
                                                                        result_type=OrderState | None, **VENUE_CALL)
@@ -361,7 +377,7 @@ class HedgeWorkflow:
                 expect[cid] = state.filled
         if expect:
             await self._sync(expect=expect)
-        self.reflex_checks = []
+        self.reflex_checks = [cid for cid in self.reflex_checks if cid not in checked]
 
     def _order_obsolete(self, order: OpenOrder) -> bool:
         """Whether the target moved so that the resting order now points the wrong way or too far."""

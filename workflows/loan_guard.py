@@ -135,9 +135,12 @@ class LoanGuardWorkflow:
         self.reflex_seq = c.reflex_seq if c else 0
         self.armed: ArmedReflex | None = c.armed if c else None
         self.reflex_report: list[str] = list(c.reflex_report) if c else []  # reflex ids the hedge is to look up
+        self.subscribed: FeedSubscription | None = c.subscribed if c else None
+        # the armed id the feed may hold: set before a subscription carrying it is sent, cleared only once one
+        # without it is acknowledged (a send that failed after its signal landed leaves it set)
+        self.feed_reflex: str | None = c.feed_reflex if c else None
         self._subscribing = asyncio.Lock()
         self.treasury_backoff: datetime | None = None
-        self.subscribed: FeedSubscription | None = None
         self.retry_at: datetime | None = None
         self.wake = False
         self._alerted: dict[str, str] = {}
@@ -248,7 +251,7 @@ class LoanGuardWorkflow:
             hedge_closed=self.hedge_closed, unenrolling=self.unenrolling, bands=self.cfg,
             always_repay=self.inp.always_repay, next_sync_at=self.next_sync,
             summary=summary_line(self.inp.loan_id, self.ltv, self.band, current),
-            reflex_armed=self.subscribed.reflex.client_order_id if self.subscribed and self.subscribed.reflex else None)
+            reflex_armed=self.feed_reflex)
 
     # -- the loop -------------------------------------------------------------------------------
     @workflow.run
@@ -260,7 +263,8 @@ class LoanGuardWorkflow:
         self._disarmer = asyncio.create_task(self._keep_feed_disarmed())
         while True:
             if self._should_continue_as_new():
-                await workflow.wait_condition(workflow.all_handlers_finished)
+                # and no subscription on its way to the feed: the next run must know what the feed holds
+                await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self._subscribing.locked())
                 workflow.continue_as_new(inp.model_copy(update={"bands": self.cfg, "carry": self._carry()}))
             now = workflow.now()
             if self.retry_at is None or now >= self.retry_at:
@@ -277,8 +281,9 @@ class LoanGuardWorkflow:
             self._show()
             if self.unenrolling and (self.hedge_closed or not self.hedge_started) and self.pending is None:
                 try:
-                    await workflow.execute_activity("feed_unsubscribe", FeedUnsubscribe(
-                        loan_id=inp.loan_id, venue=inp.venue, symbol=inp.symbol), **VENUE_CALL)
+                    async with self._subscribing:  # after any disarm on its way, not before it
+                        await workflow.execute_activity("feed_unsubscribe", FeedUnsubscribe(
+                            loan_id=inp.loan_id, venue=inp.venue, symbol=inp.symbol), **VENUE_CALL)
                 except ActivityError:
                     pass  # the feed drops a loan it cannot signal; nothing here depends on it
                 await workflow.execute_activity("raise_alert", Alert(
@@ -396,14 +401,16 @@ class LoanGuardWorkflow:
                 or self.band >= Band.CRITICAL or self.sent_target is None or self.collateral <= 0):
             wanted = None
         else:
-            wanted = (int(self.band), self.sent_target, ioc.bps, self.inp.hedge_policy.price_band_bps)
+            policy = self.inp.hedge_policy
+            wanted = (int(self.band), self.sent_target, ioc.bps, policy.price_band_bps, policy.max_order_qty)
         armed = self.armed
-        if armed is not None and (armed.from_band, armed.base_btc, armed.ioc_bps, armed.price_band_bps) != wanted:
+        if armed is not None and (armed.from_band, armed.base_btc, armed.ioc_bps, armed.price_band_bps,
+                                  armed.max_qty) != wanted:
             self._retire_reflex()
         if wanted is not None and self.armed is None:
             self.armed = ArmedReflex(client_order_id=client_order_id(self._hedge_id(), self.reflex_seq, "x"),
                                      hedge_id=self._hedge_id(), from_band=wanted[0], base_btc=wanted[1],
-                                     ioc_bps=wanted[2], price_band_bps=wanted[3])
+                                     ioc_bps=wanted[2], price_band_bps=wanted[3], max_qty=wanted[4])
         return self.armed
 
     async def _keep_feed_disarmed(self) -> None:
@@ -411,14 +418,16 @@ class LoanGuardWorkflow:
         waits on a venue call that is failing (a loan read retries for minutes): the feed is ours to change."""
         t = self.inp.timing
         while True:
-            await workflow.wait_condition(lambda: self.subscribed is not None and self.subscribed.reflex is not None
-                                          and (self.paused or self.closing_hedge or self.unenrolling or self.hedge_closed))
+            await workflow.wait_condition(lambda: self.feed_reflex is not None and self._disarm_due())
             try:
                 await self._subscribe()
             except ActivityError as err:
                 self._alert("CRITICAL", "reflex", f"loan {self.inp.loan_id}: cannot disarm the feed's reflex order",
                             f"{err.cause or err}; trying again in {t.poll_every_s} s")
                 await workflow.sleep(timedelta(seconds=t.poll_every_s))
+
+    def _disarm_due(self) -> bool:
+        return self.paused or self.closing_hedge or self.unenrolling or self.hedge_closed
 
     async def _subscribe(self) -> None:
         async with self._subscribing:  # one at a time, each built from the state when it goes: the last one holds
@@ -430,14 +439,19 @@ class LoanGuardWorkflow:
                                symbol=self.inp.symbol, debt=self.principal + self.interest, collateral_btc=self.collateral,
                                bands=self.cfg, band=int(self.band), keepalive_s=t.keepalive_s, ltv_step_pct=t.ltv_step_pct,
                                reflex=self._arm())
+        disarming = sub.reflex is None and self.feed_reflex is not None
         # an unenrolling loan only ever disarms (the feed drops it once the hedge is closed)
-        if sub == self.subscribed or (self.unenrolling and (self.subscribed is None or self.subscribed.reflex is None)):
+        if (sub == self.subscribed and not disarming) or (self.unenrolling and not disarming):
             return
         if (self.subscribed is not None and sub.model_copy(update={"band": self.subscribed.band}) == self.subscribed
-                and workflow.patched("no-resubscribe-for-band")):
+                and not disarming and workflow.patched("no-resubscribe-for-band")):
             return  # only the band moved: the feed told us of it and anchors on what it told
+        if sub.reflex is not None:
+            self.feed_reflex = sub.reflex.client_order_id
         await workflow.execute_activity("feed_subscribe", sub, **VENUE_CALL)
         self.subscribed = sub
+        if sub.reflex is None:
+            self.feed_reflex = None
 
     # -- the hedge ------------------------------------------------------------------------------------
     def _hedge_id(self) -> str:
@@ -464,6 +478,13 @@ class LoanGuardWorkflow:
             self.closing_hedge, self.hedge_closed = False, True  # nothing was started: nothing to close
         if self.closing_hedge or self.hedge_closed:
             if self.closing_hedge and self.sent_target is not None:
+                if self.feed_reflex is not None:  # no reflex may leave after the close has begun
+                    await self._subscribe()
+                if self.reflex_report:  # and those that left before it are closed with the rest
+                    self.target_seq += 1
+                    reflexes, self.reflex_report = tuple(self.reflex_report), []
+                    await self._signal_hedge("retarget", TargetChange(target=self.sent_target, urgency=self.sent_urgency
+                                                                      or "normal", seq=self.target_seq, reflexes=reflexes))
                 await self._signal_hedge("force_close", f"{BOOK_SENDER} {self.inp.loan_id}: "
                                          + ("unenrol" if self.unenrolling else "operator"))
                 self.sent_target = None
@@ -735,7 +756,8 @@ class LoanGuardWorkflow:
                          tag=self.tag, closing_hedge=self.closing_hedge, realisations=self.realisations,
                          realised_btc=self.realised_btc, realised_notional=self.realised_notional,
                          hedge_paused_sent=self.hedge_paused_sent, pending=self.pending, reflex_seq=self.reflex_seq,
-                         armed=self.armed, reflex_report=self.reflex_report)
+                         armed=self.armed, reflex_report=self.reflex_report, subscribed=self.subscribed,
+                         feed_reflex=self.feed_reflex)
 
     def _alert(self, severity: str, kind: str, title: str, text: str, *, topic: str | None = None,
                figure: Decimal | None = None, unit: str = "", category: str = "alert") -> None:
