@@ -246,15 +246,9 @@ class CcxtVenue:
         existing = await self.order_by_client_id(request.symbol, request.client_order_id)
         if existing is not None:
             return self._settled(existing)
-        unified = await self.unified(request.symbol)
         try:
-            await self._call("create_order", unified, request.type.value, request.side, str(request.qty),
-                             str(request.price) if request.price is not None else None,
-                             self._create_params(request), retries_unavailable=0)
-        except OrderRejected as rej:
-            if rej.reason != RejectReason.DUPLICATE_CLIENT_ORDER_ID:
-                raise
-        except (VenueAuthError, VenueClockSkew, VenueRateLimited):
+            await self.submit_order(request)
+        except (OrderRejected, VenueAuthError, VenueClockSkew, VenueRateLimited):
             raise  # refused before it reached the book
         except VenueError:
             # timed out, 5xx or an unknown answer: the venue may have accepted it, so find out before anyone
@@ -271,9 +265,9 @@ class CcxtVenue:
         return self._settled(placed)
 
     async def submit_order(self, request: OrderRequest) -> bool:
-        """Send an order under a client id that has never been placed, without looking it up first: the reflex
-        path (activities/reflex.py), where one round trip less is the point. False when the venue already had
-        the id (its duplicate answer); the order's state is read later by the hedge that owns it."""
+        """Send an order once, without looking its id up first or after: place_order's one send, and all of the
+        reflex (activities/reflex.py), where one round trip less is the point. False when the venue already had
+        the id (its duplicate answer); the order's state is read later by whoever owns it."""
         unified = await self.unified(request.symbol)
         try:
             await self._call("create_order", unified, request.type.value, request.side, str(request.qty),

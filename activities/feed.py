@@ -28,7 +28,7 @@ from temporalio import activity
 from temporalio.client import WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from activities.reflex import ReflexQuote, reflex_order, send_reflex
+from activities.reflex import ReflexQuote, crossed, reflex_order, send_reflex
 from activities.venues import VenuePool
 from models.loan_guard import FeedSubscription, FeedSubscriptions, FeedWatch, PriceTick, loan_workflow_id
 from risk.loan import Band, band_for, ltv_pct
@@ -202,8 +202,9 @@ class FeedActivities:
                         woken.append((sub, Sent(band=band, ltv=ltv, at=now)))
                 quote = _quote(ticker, tick)
                 told_reflex: dict[str, PriceTick] = {}
-                if any(reflex_order(sub, told.band, quote, market) for sub, told in woken if sub.reflex is not None):
-                    # the list as of now, not of the last refresh: a guard paused a moment ago has disarmed
+                if any(crossed(sub, told.band) for sub, told in woken):
+                    # the list as of now, not of the last refresh: a guard paused a moment ago has disarmed, and
+                    # one whose reflex was spent has armed the next
                     current = await read_subscriptions(own, version)
                     refreshed = time.monotonic()
                     if current is None:
@@ -215,7 +216,7 @@ class FeedActivities:
                         woken = revalue(woken, subs, tick, sent, now)
                         told_reflex = await self._fire_reflexes(woken, tick, quote, market, fired, gate)
                 for sub, told in woken:  # a crossing the reflex sat out (no quote, no read, a refusal) spends it too:
-                    if sub.reflex is not None and told.band > sub.reflex.from_band:  # the guard reports it spent
+                    if crossed(sub, told.band):  # the guard reports it spent
                         fired.add(sub.reflex.client_order_id)
                 delivered = await asyncio.gather(*(
                     signal_loan(client, sub.loan_id, "price", told_reflex.get(sub.loan_id, tick), gate)

@@ -36,11 +36,16 @@ class ReflexQuote:
     index: Decimal
 
 
+def crossed(sub: FeedSubscription, band: Band) -> bool:
+    """Whether this band lifts the loan out of the one its reflex was armed in."""
+    return sub.reflex is not None and band > sub.reflex.from_band
+
+
 def reflex_order(sub: FeedSubscription, band: Band, quote: ReflexQuote | None, market: MarketInfo) -> OrderRequest | None:
     """The armed order this tick fires, or None (not armed, not above the armed band, nothing worth sending, or a
     price outside the hedge's sanity band)."""
     armed = sub.reflex
-    if armed is None or band <= armed.from_band or quote is None:
+    if armed is None or not crossed(sub, band) or quote is None:
         return None
     target = hedge_target_btc(sub.collateral_btc, band, sub.bands.bands())
     qty = round_down_to_step(target - armed.base_btc, market.qty_step)

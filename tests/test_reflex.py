@@ -3,13 +3,15 @@ books it before planning, so the short ends at the band's target and never past 
 
 from __future__ import annotations
 
+import asyncio
+import time
 from decimal import Decimal as D
 
 import pytest
 
 from activities.reflex import ReflexQuote, reflex_order
 from models.hedge import OrderPolicy
-from models.loan_guard import ArmedReflex, BandSettings, FeedSubscription
+from models.loan_guard import ArmedReflex, BandSettings, FeedSubscription, FeedSubscriptions, feed_shard, feed_workflow_id
 from models.venue import MarketInfo, TimeInForce
 from risk.loan import Band
 from tests.loan_helpers import FAST, end_loan_workflows, enrol, open_loan, record_if_asked, wait_loan
@@ -57,6 +59,18 @@ def test_an_unarmed_loan_sends_nothing():
     assert reflex_order(subscription().model_copy(update={"reflex": None}), Band.CRITICAL, QUOTE, MARKET) is None
 
 
+async def feed_holds(client, loan_id: str, reflex_id: str, within_s: float = 10.0) -> None:
+    feed = client.get_workflow_handle(feed_workflow_id("bybit", "BTCUSDT", feed_shard(loan_id)))
+    deadline = time.monotonic() + within_s
+    while True:
+        subs = await feed.query("subscriptions", -1, result_type=FeedSubscriptions)
+        mine = next((sub for sub in subs.subscriptions if sub.loan_id == loan_id), None)
+        if mine is not None and mine.reflex is not None and mine.reflex.client_order_id == reflex_id:
+            return
+        assert time.monotonic() < deadline, mine
+        await asyncio.sleep(0.1)
+
+
 @pytest.fixture
 async def loan_worker(dev_env, paper_settings, store, venues, task_queue):
     from worker import build_worker
@@ -90,7 +104,9 @@ async def test_the_feed_sends_the_crossing_order_and_the_hedge_books_it_instead_
     assert hedge.current == -1 and account.position("BTCUSDT").size == -1
     ids = [o.client_id for o in account.orders if o.client_id]
     assert len(ids) == len(set(ids))
-    # the next crossing is armed under a new id, from the band the loan is in now
+    # the next crossing is armed under a new id, from the band the loan is in now (the guard names it as it sends
+    # it: wait until the feed has it)
+    await feed_holds(dev_env.client, "REFLEX-1", view.reflex_armed)
     sim.market.set_price("BTCUSDT", D("49500"))  # DANGER: short 1.2
     view = await wait_loan(handle, settled("DANGER"), within_s=60)
     second = [o for o in account.orders if o.client_id.startswith(f"{view.hedge_id}-x")]
@@ -102,8 +118,6 @@ async def test_the_feed_sends_the_crossing_order_and_the_hedge_books_it_instead_
 async def test_a_pause_disarms_the_feed_while_the_guard_waits_on_a_failing_venue(dev_env, loan_worker, sim, paper_settings):
     """The guard's loop can be minutes inside a loan read that keeps failing; a pause must still reach the feed
     before the next crossing, or the feed would trade for a paused loan."""
-    import asyncio
-
     await open_loan(sim, paper_settings, "reflexpause", "1", "24000")
     handle = await enrol(dev_env.client, loan_worker, "REFLEX-2", "reflexpause", hedge_policy=OrderPolicy(fill_check_s=1))
     await wait_loan(handle, lambda v: v.reflex_armed is not None and v.price_source == "feed")

@@ -481,10 +481,7 @@ class LoanGuardWorkflow:
                 if self.feed_reflex is not None:  # no reflex may leave after the close has begun
                     await self._subscribe()
                 if self.reflex_report:  # and those that left before it are closed with the rest
-                    self.target_seq += 1
-                    reflexes, self.reflex_report = tuple(self.reflex_report), []
-                    await self._signal_hedge("retarget", TargetChange(target=self.sent_target, urgency=self.sent_urgency
-                                                                      or "normal", seq=self.target_seq, reflexes=reflexes))
+                    await self._retarget(self.sent_target, self.sent_urgency or "normal")
                 await self._signal_hedge("force_close", f"{BOOK_SENDER} {self.inp.loan_id}: "
                                          + ("unenrol" if self.unenrolling else "operator"))
                 self.sent_target = None
@@ -515,21 +512,24 @@ class LoanGuardWorkflow:
                 # a paused guard's new hedge must hold its target, not trade on it before the pause arrives
                 await self._signal_hedge("pause", f"{BOOK_SENDER} {self.inp.loan_id}")
                 self.hedge_paused_sent = True
-            self.target_seq += 1
-            await self._signal_hedge("retarget", TargetChange(target=target, urgency=urgency, seq=self.target_seq))
+            await self._retarget(target, urgency)
         if self.paused != self.hedge_paused_sent:
             await self._signal_hedge("pause" if self.paused else "resume", f"{BOOK_SENDER} {self.inp.loan_id}")
             self.hedge_paused_sent = self.paused
         if (target, urgency) != (self.sent_target, self.sent_urgency) or self.reflex_report:
-            self.target_seq += 1
-            reflexes, self.reflex_report = tuple(self.reflex_report), []
-            await self._signal_hedge("retarget", TargetChange(target=target, urgency=urgency, seq=self.target_seq,
-                                                              reflexes=reflexes))
+            await self._retarget(target, urgency)
             self.sent_target, self.sent_urgency = target, urgency
             # read the hedge at its usual interval: a read 1 s after every retarget rarely saw a fill yet, and a
             # thousand loans retargeted by one tick spent the dev server on those reads (bench.latency)
             soon = self.inp.timing.hedge_check_s if workflow.patched("facts-at-check-interval") else 1
             self.next_facts = workflow.now() + timedelta(seconds=soon)
+
+    async def _retarget(self, target: Decimal, urgency: str) -> None:
+        """A new target for the hedge, naming the reflex orders it has not been told of yet."""
+        self.target_seq += 1
+        reflexes, self.reflex_report = tuple(self.reflex_report), []
+        await self._signal_hedge("retarget", TargetChange(target=target, urgency=urgency, seq=self.target_seq,
+                                                          reflexes=reflexes))
 
     async def _signal_hedge(self, name: str, arg: Any = None) -> None:
         handle = workflow.get_external_workflow_handle(f"hedge-{self._hedge_id()}")
