@@ -16,6 +16,7 @@ from decimal import ROUND_DOWN, Decimal
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import ccxt.pro as ccxtpro
 from ccxt.base.errors import AuthenticationError, BaseError, NetworkError
 
@@ -107,6 +108,16 @@ def loopback_urls(urls: dict[str, Any], base: str) -> dict[str, Any]:
     return {"api": move(urls["api"])}
 
 
+def _client_config(session: aiohttp.ClientSession | None) -> dict[str, Any]:
+    """ccxt settings every client gets: it keeps no copy of the last body it read (the markets' ~100 KiB, a client),
+    only the last headers (Bybit's rate-limit reset is read from them); with `session`, its connections are the
+    pool's, not a connection pool of its own."""
+    config: dict[str, Any] = {"enableLastHttpResponse": False, "enableLastJsonResponse": False}
+    if session is not None:
+        config["session"] = session
+    return config
+
+
 def _dec(value: Any) -> Decimal | None:
     if value in (None, ""):
         return None
@@ -127,6 +138,26 @@ class _QuietBybit(ccxtpro.bybit):
         return request
 
 
+# ccxt builds its whole API description afresh for every instance (~140 KiB for Bybit, ~290 KiB for Binance USD-M);
+# these parts are never written after construction, so every account's client of a venue can hold one copy
+SHARED_DESCRIPTION = ("api", "exceptions", "has", "features", "ecdsaCurves", "ecdsaPrehashedAlgorithms", "httpExceptions")
+
+
+class SharedDescription:
+    """One venue's ccxt description, taken from its first client before that client sent anything, for the
+    clients of the venue's other accounts. `options` is copied one level deep: a client's own top-level settings
+    (time difference, unified-account status) stay its own, the static tables under them are shared."""
+
+    def __init__(self, exchange: Any) -> None:
+        self.attrs = {name: getattr(exchange, name) for name in SHARED_DESCRIPTION}
+        self.options = dict(exchange.options)
+
+    def adopt(self, exchange: Any) -> None:
+        for name, value in self.attrs.items():
+            setattr(exchange, name, value)
+        exchange.options = dict(self.options)
+
+
 class CcxtVenue:
     """Shared mechanics: error classification, rate-limit backoff, idempotent placement."""
 
@@ -139,6 +170,7 @@ class CcxtVenue:
         self._client_id_cache: dict[str, str] = {}
         self._markets: dict[str, MarketInfo] | None = None
         self._unified: dict[str, str] = {}
+        self.markets_from: CcxtVenue | None = None  # the venue's client that loads its markets for every account
 
     async def close(self) -> None:
         await self.ex.close()
@@ -208,6 +240,11 @@ class CcxtVenue:
 
     # -- markets --------------------------------------------------------------------------------
     async def markets(self) -> dict[str, MarketInfo]:
+        if self._markets is None and self.markets_from is not None:
+            # public data, the same for every account: one copy per venue (ccxt's ~70 KiB of them a client)
+            infos = await self.markets_from.markets()
+            self.ex.set_markets_from_exchange(self.markets_from.ex)
+            self._unified, self._markets = self.markets_from._unified, infos
         if self._markets is None:
             loaded = await self._call("load_markets")
             infos = {}
@@ -370,10 +407,10 @@ class BybitVenue(CcxtVenue):
 
     @classmethod
     def build(cls, account: str, credentials: Credentials, *, base_url: str | None, rate_limit: bool,
-              timeout_ms: int = 10_000) -> BybitVenue:
+              timeout_ms: int = 10_000, session: aiohttp.ClientSession | None = None) -> BybitVenue:
         exchange = _QuietBybit({
             "apiKey": credentials.api_key.get_secret_value(), "secret": credentials.api_secret.get_secret_value(),
-            "enableRateLimit": rate_limit, "timeout": timeout_ms,
+            "enableRateLimit": rate_limit, "timeout": timeout_ms, **_client_config(session),
             "options": {"defaultType": "swap", "fetchMarkets": {"types": ["linear"]}, "enableUnifiedAccount": True,
                         "enableUnifiedMargin": False, "recvWindow": 5000, "brokerId": ""},
         })
@@ -568,10 +605,10 @@ class BinanceUsdmVenue(CcxtVenue):
 
     @classmethod
     def build(cls, account: str, credentials: Credentials, *, base_url: str | None, rate_limit: bool,
-              timeout_ms: int = 10_000) -> BinanceUsdmVenue:
+              timeout_ms: int = 10_000, session: aiohttp.ClientSession | None = None) -> BinanceUsdmVenue:
         exchange = ccxtpro.binanceusdm({
             "apiKey": credentials.api_key.get_secret_value(), "secret": credentials.api_secret.get_secret_value(),
-            "enableRateLimit": rate_limit, "timeout": timeout_ms,
+            "enableRateLimit": rate_limit, "timeout": timeout_ms, **_client_config(session),
             "options": {"defaultType": "future", "fetchCurrencies": False, "adjustForTimeDifference": False,
                         "recvWindow": 5000, "broker": {"future": "", "swap": "", "spot": "", "margin": "",
                                                       "delivery": "", "option": ""}},

@@ -226,3 +226,50 @@ async def test_binance_client_order_id_is_ours_not_a_broker_prefix(sim, venues):
     v = await venues.get("binanceusdm", "desk")
     await v.place_order(sell("hg-h8-1", time_in_force=TimeInForce.POST_ONLY))
     assert [o.client_id for a in sim.engines["binanceusdm"].accounts.values() for o in a.orders] == ["hg-h8-1"]
+
+
+@pytest.mark.parametrize("venue", VENUES)
+async def test_accounts_share_the_venue_description_and_markets_but_trade_as_themselves(sim, venues, venue):
+    """Ten thousand loans are ten thousand clients: what is the same for every account is held once, and each
+    account's orders still go out under its own keys and land in its own account."""
+    first, second = await venues.get(venue, "desk-a"), await venues.get(venue, "desk-b")
+    for name in ("api", "exceptions", "has"):
+        assert getattr(second.ex, name) is getattr(first.ex, name), name
+    assert second.ex.options is not first.ex.options  # a client's own settings (time difference) stay its own
+
+    def market_loads() -> int:
+        return sum(1 for c in sim.calls.entries if c["venue"] == venue
+                   and (c["path"].endswith("/instruments-info") or c["path"].endswith("/exchangeInfo")))
+    await first.market("BTCUSDT")
+    loads = market_loads()
+    assert loads > 0
+    await second.market("BTCUSDT")
+    assert market_loads() == loads  # the second account asked the venue for nothing: the first one's markets
+    assert second.ex.markets is first.ex.markets
+    assert second.ex.session is first.ex.session
+    assert second.ex.apiKey != first.ex.apiKey
+    await second.place_order(sell("shared-b1", price="70000"))
+    await first.place_order(sell("shared-a1", price="70000"))
+    placed = {o.client_id: o.account for o in orders_for(sim, venue, "shared-b1") + orders_for(sim, venue, "shared-a1")}
+    assert placed == {"shared-b1": "desk-b", "shared-a1": "desk-a"}
+
+
+@pytest.mark.parametrize("venue", VENUES)
+async def test_a_further_account_client_costs_little_memory(venues, venue):
+    """A client each took ~200 KiB (ccxt's description and markets, its own connection pool): 10,000 loans held
+    2 GiB in clients alone (bench/README.md, "Scale")."""
+    import gc
+    import tracemalloc
+
+    await (await venues.get(venue, "desk-0")).ticker("BTCUSDT")
+    gc.collect()
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for i in range(1, 21):
+            await (await venues.get(venue, f"desk-{i}")).ticker("BTCUSDT")
+        gc.collect()
+        per_client_kib = (tracemalloc.get_traced_memory()[0] - before) / 20 / 1024
+    finally:
+        tracemalloc.stop()
+    assert per_client_kib < 60, f"{per_client_kib:.0f} KiB a client"
