@@ -4,6 +4,7 @@ waiting for its delivery, and continue as new when the history grows long."""
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from temporalio import workflow
 
@@ -13,6 +14,17 @@ with workflow.unsafe.imports_passed_through():
 # how a book names itself when it pauses or closes its own hedge: not an operator command, so not told
 BOOK_SENDER = "loan guard"
 ALERT_CALL = dict(start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=timedelta(hours=1))
+
+
+async def read(activity: str, arg: Any, *, result_type: Any = None, **call: Any) -> Any:
+    """A venue or store read (or an idempotent write, like a leverage setting) the workflow waits for, run inside
+    its workflow task as a local activity: no activity task through the server and no second workflow task. The
+    periodic loan and hedge reads were most of the dev server's work at thousands of loans (bench/README.md,
+    "Scale"). Orders, cancels and money moves stay activities, each visible in the history. A run started before
+    this replays them as activities (the patch)."""
+    if workflow.patched("local-reads"):
+        return await workflow.execute_local_activity(activity, arg, result_type=result_type, **call)
+    return await workflow.execute_activity(activity, arg, result_type=result_type, **call)
 
 
 def alert_once(raised: dict[str, str], kind: str, alert: Alert) -> None:

@@ -28,7 +28,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.common import BOOK_SENDER, alert_once, continue_as_new_due, operator_summary
+from workflows.common import BOOK_SENDER, alert_once, continue_as_new_due, operator_summary, read
 
 with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
@@ -267,7 +267,7 @@ class HedgeWorkflow:
         this (with alerts) instead of failing the hedge."""
         while True:
             try:
-                record: HedgeRecord | None = await workflow.execute_activity("hedge_ensure", EnsureHedge(
+                record: HedgeRecord | None = await read("hedge_ensure", EnsureHedge(
                     ref=self.ref, book=inp.book, exposure_id=inp.exposure_id, side=inp.side, target=self.target),
                     result_type=HedgeRecord | None, **STORE_CALL)
                 if record is None:
@@ -279,8 +279,8 @@ class HedgeWorkflow:
                     if record.existed:
                         self.client_tag = workflow.uuid4().hex[:4]
                 self.since_ms = record.created_ms if record is not None else None
-                self.market = await workflow.execute_activity("hedge_market", MarketRequest(ref=self.ref),
-                                                              result_type=MarketFacts, **VENUE_CALL)
+                self.market = await read("hedge_market", MarketRequest(ref=self.ref), result_type=MarketFacts,
+                                         **VENUE_CALL)
                 await self._sync(reconcile=True)
                 self.blocked = None
                 return
@@ -351,7 +351,7 @@ class HedgeWorkflow:
         if now >= order.replace_at:
             await self._cancel_open(escalate=True)
             return
-        state: OrderState | None = await workflow.execute_activity(
+        state: OrderState | None = await read(
             "hedge_order", OrderLookup(ref=self.ref, client_order_id=order.client_order_id),
             result_type=OrderState | None, **VENUE_CALL)
         if state is None or not state.status.is_open:
@@ -504,7 +504,7 @@ class HedgeWorkflow:
         self._alert("CRITICAL", "refused", f"hedge {self.ref.hedge_id}: order refused", self.blocked)
 
     async def _sync(self, *, expect: dict[str, Decimal] | None = None, reconcile: bool = False) -> None:
-        result: SyncResult = await workflow.execute_activity(
+        result: SyncResult = await read(
             "hedge_sync", SyncRequest(ref=self.ref, cursor=self.cursor, since_ms=self.since_ms, expect_filled=expect or {},
                                       reconcile=reconcile),
             result_type=SyncResult, **VENUE_CALL)

@@ -27,7 +27,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 
-from workflows.common import ALERT_CALL, BOOK_SENDER, alert_once, continue_as_new_due, operator_summary
+from workflows.common import ALERT_CALL, BOOK_SENDER, alert_once, continue_as_new_due, operator_summary, read
 from workflows.hedge import client_order_id
 
 with workflow.unsafe.imports_passed_through():
@@ -308,8 +308,7 @@ class LoanGuardWorkflow:
             self.ltv = None  # no loan at the venue any more: the hedge target falls to 0 with the collateral
         await self._steer_hedge()
         if self.hedge_started and not self.hedge_closed and (self.next_facts is None or workflow.now() >= self.next_facts):
-            self.facts = await workflow.execute_activity("loan_hedge_facts", self._facts_request(),
-                                                         result_type=HedgeFacts, **VENUE_CALL)
+            self.facts = await read("loan_hedge_facts", self._facts_request(), result_type=HedgeFacts, **VENUE_CALL)
             hedged = ((self.sent_target or ZERO) > 0 or self.facts.size != 0 or self.realising is not None
                       or self.closing_hedge)
             if hedged:
@@ -334,8 +333,7 @@ class LoanGuardWorkflow:
 
     # -- the loan and its price --------------------------------------------------------------------------
     async def _sync_loan(self) -> None:
-        snap: LoanSnapshot = await workflow.execute_activity("loan_read", self.ref, result_type=LoanSnapshot,
-                                                             **VENUE_CALL)
+        snap: LoanSnapshot = await read("loan_read", self.ref, result_type=LoanSnapshot, **VENUE_CALL)
         if snap.collateral_btc <= 0 and snap.debt <= 0:
             self._alert("CRITICAL", "loan-gone", f"loan {self.inp.loan_id}: the venue shows no ongoing loan",
                         "repaid or liquidated outside hedgeguard? unenrol it or check the account")
@@ -356,7 +354,7 @@ class LoanGuardWorkflow:
                 self._alert("WARNING", "feed", f"loan {self.inp.loan_id}: price feed stale",
                             f"{why}; polling the price every {t.poll_every_s} s")
             if self.next_poll is None or now >= self.next_poll:
-                self.tick = await workflow.execute_activity("loan_price", PriceRequest(
+                self.tick = await read("loan_price", PriceRequest(
                     venue=self.inp.venue, account=self.inp.account, symbol=self.inp.symbol),
                     result_type=PriceTick, **VENUE_CALL)
                 self.next_poll = workflow.now() + timedelta(seconds=t.poll_every_s)
@@ -448,7 +446,7 @@ class LoanGuardWorkflow:
             return  # only the band moved: the feed told us of it and anchors on what it told
         if sub.reflex is not None:
             self.feed_reflex = sub.reflex.client_order_id
-        await workflow.execute_activity("feed_subscribe", sub, **VENUE_CALL)
+        await read("feed_subscribe", sub, **VENUE_CALL)
         self.subscribed = sub
         if sub.reflex is None:
             self.feed_reflex = None
@@ -497,7 +495,7 @@ class LoanGuardWorkflow:
             hedge = HedgeInput(hedge_id=self._hedge_id(), book=Book.LOAN.value, exposure_id=self.inp.loan_id,
                                venue=self.inp.venue, account=self.inp.account, symbol=self.inp.symbol,
                                side=HedgeSide.SHORT, target=ZERO if self.paused else target, policy=self.inp.hedge_policy)
-            await workflow.execute_activity("loan_hedge_leverage", HedgeLeverage(
+            await read("loan_hedge_leverage", HedgeLeverage(
                 venue=self.inp.venue, account=self.inp.account, symbol=self.inp.symbol, leverage=self.inp.hedge_leverage),
                 **VENUE_CALL)
             try:
