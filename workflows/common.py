@@ -3,16 +3,21 @@ waiting for its delivery, and continue as new when the history grows long."""
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, RetryState, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from models.hedge import Alert
 
 # how a book names itself when it pauses or closes its own hedge: not an operator command, so not told
 BOOK_SENDER = "loan guard"
+LOCAL_RETRY_TIMER_FROM = timedelta(milliseconds=100)  # a local read's retry waits this long or more: on a timer
+LOCAL_READ_ATTEMPTS = 10  # then the read fails to the workflow: ~65 s of back-off at 1 s doubling to 10 s
 ALERT_CALL = dict(start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=timedelta(hours=1))
 
 
@@ -21,9 +26,20 @@ async def read(activity: str, arg: Any, *, result_type: Any = None, **call: Any)
     its workflow task as a local activity: no activity task through the server and no second workflow task. The
     periodic loan and hedge reads were most of the dev server's work at thousands of loans (bench/README.md,
     "Scale"). Orders, cancels and money moves stay activities, each visible in the history. A run started before
-    this replays them as activities (the patch)."""
+    this replays them as activities (the patch). A failed attempt is retried after a durable timer, not a sleep
+    inside the task: the workflow takes its signals (a pause) in between, and a test server skips the wait."""
     if workflow.patched("local-reads"):
-        return await workflow.execute_local_activity(activity, arg, result_type=result_type, **call)
+        # a local activity's schedule-to-close runs on the worker's clock, not the workflow's: the attempts bound it
+        policy = call.pop("retry_policy", None) or RetryPolicy()
+        policy = dataclasses.replace(policy, maximum_attempts=policy.maximum_attempts or LOCAL_READ_ATTEMPTS)
+        try:
+            return await workflow.execute_local_activity(activity, arg, result_type=result_type, retry_policy=policy,
+                                                         local_retry_threshold=LOCAL_RETRY_TIMER_FROM, **call)
+        except (ApplicationError, TimeoutError) as exc:
+            # a local activity that gave up raises its cause bare; the callers handle an activity's failure (its cause
+            # inside an ActivityError), as they do for the activities this replaced
+            raise ActivityError(f"{activity} failed", scheduled_event_id=0, started_event_id=0, identity="",
+                                activity_type=activity, activity_id="", retry_state=RetryState.MAXIMUM_ATTEMPTS_REACHED) from exc
     return await workflow.execute_activity(activity, arg, result_type=result_type, **call)
 
 
