@@ -39,6 +39,7 @@ from models.venue import OrderRequest, OrderState, OrderType, TimeInForce
 from models.venue_events import VenueFill, input_hash
 
 SYNC_ATTEMPTS = 4  # an order's fills may show in the venue's trade list a moment after the order does
+RECONCILE_RECHECK_S = 0.5  # before a ledger that disagrees with the venue position is compared once more
 
 
 def as_activity_error(error: VenueError) -> ApplicationError:
@@ -202,8 +203,22 @@ class HedgeActivities:
                 await asyncio.sleep(0.3 * (attempt + 1))
             venue_size = mismatch = None
             if req.reconcile:
-                position = await venue.position(ref.symbol)
-                venue_size = position.size
+                for look in range(2):
+                    position = await venue.position(ref.symbol)
+                    venue_size = position.size
+                    ledger = await asyncio.to_thread(self.store.get_hedge, ref.hedge_id)
+                    if look or ledger is None or ledger.current_size == venue_size:
+                        break
+                    # a fill that landed between the fill list and the position read (a reflex the feed sent, an
+                    # order filling) is not a disagreement: list the fills once more, then compare again
+                    await asyncio.sleep(RECONCILE_RECHECK_S)
+                    page = await venue.events_since(ref.symbol, cursor, since_ms=req.since_ms)
+                    ingested = await asyncio.to_thread(self.store.record, ref.hedge_id,
+                                                       sorted([*page.fills, *page.funding], key=lambda e: e.ts))
+                    written += ingested.written
+                    new_fills += ingested.fills
+                    fills += page.fills
+                    cursor = page.cursor
                 if position.mark_price is not None:
                     await asyncio.to_thread(self.store.mark, ref.hedge_id, position.mark_price)
         except VenueError as err:
