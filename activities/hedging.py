@@ -175,15 +175,21 @@ class HedgeActivities:
     async def _sync(self, req: SyncRequest, venue, new_fills: list[VenueFill]) -> SyncResult:
         ref = req.ref
         cursor, written, fills = req.cursor, 0, []
+
+        async def pull() -> None:
+            """The account's fills and funding since the cursor, into the ledger."""
+            nonlocal cursor, written
+            page = await venue.events_since(ref.symbol, cursor, since_ms=req.since_ms)
+            ingested = await asyncio.to_thread(self.store.record, ref.hedge_id,
+                                               sorted([*page.fills, *page.funding], key=lambda e: e.ts))
+            written += ingested.written
+            new_fills.extend(ingested.fills)
+            fills.extend(page.fills)
+            cursor = page.cursor
+
         try:
             for attempt in range(SYNC_ATTEMPTS):
-                page = await venue.events_since(ref.symbol, cursor, since_ms=req.since_ms)
-                events = sorted([*page.fills, *page.funding], key=lambda e: e.ts)
-                ingested = await asyncio.to_thread(self.store.record, ref.hedge_id, events)
-                written += ingested.written
-                new_fills += ingested.fills
-                fills += page.fills
-                cursor = page.cursor
+                await pull()
                 missing = [cid for cid, filled in req.expect_filled.items()
                            if await asyncio.to_thread(self.store.filled_by_order, ref.hedge_id, cid) < filled]
                 if missing and attempt >= 1:  # not in the account's list (yet): ask for the order's own fills
@@ -212,13 +218,7 @@ class HedgeActivities:
                     # a fill that landed between the fill list and the position read (a reflex the feed sent, an
                     # order filling) is not a disagreement: list the fills once more, then compare again
                     await asyncio.sleep(RECONCILE_RECHECK_S)
-                    page = await venue.events_since(ref.symbol, cursor, since_ms=req.since_ms)
-                    ingested = await asyncio.to_thread(self.store.record, ref.hedge_id,
-                                                       sorted([*page.fills, *page.funding], key=lambda e: e.ts))
-                    written += ingested.written
-                    new_fills += ingested.fills
-                    fills += page.fills
-                    cursor = page.cursor
+                    await pull()
                 if position.mark_price is not None:
                     await asyncio.to_thread(self.store.mark, ref.hedge_id, position.mark_price)
         except VenueError as err:
