@@ -493,7 +493,8 @@ def _loan_table(view: LoanView) -> list[list[Any]]:
             ["price", f"{view.price} ({view.price_source}{', STALE feed' if view.feed_stale else ''})"
                       if view.price is not None else "none yet"],
             ["hedge", f"{view.hedge_id}: short {view.hedge_current_btc} BTC, target {view.hedge_target_btc}"
-                      + (" (closed)" if view.hedge_closed else "")],
+                      + (" (closed)" if view.hedge_closed else "" if view.hedge_started
+                         else " (not opened: no short needed yet)")],
             ["hedge PnL", f"realised {view.hedge_realised_pnl}, unrealised {view.hedge_unrealised_pnl}; liquidation "
                           f"{view.hedge_liquidation_price or 'none'}"],
             ["net delta", f"{view.net_delta_btc} BTC"],

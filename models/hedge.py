@@ -72,6 +72,9 @@ class HedgeInput(BaseModel):
     policy: OrderPolicy = OrderPolicy()
     continue_as_new_after: int | None = Field(None, ge=100, description="history events; None: server's advice")
     carry: HedgeCarry | None = None  # state handed over by continue-as-new
+    # reflex orders sent for this hedge before it was started (a loan's hedge opens on demand): booked at start-up,
+    # before its first reconciliation and before it plans anything
+    reflexes: tuple[str, ...] = ()
 
     def summary(self) -> str:
         """The one line the Temporal UI lists the hedge by; pass it as static_summary when starting it."""

@@ -205,6 +205,7 @@ class LoanCarry(BaseModel):
     reflex_report: list[str] = Field(default_factory=list)
     subscribed: FeedSubscription | None = None
     feed_reflex: str | None = None
+    leverage_set: bool = False
 
 
 
@@ -383,6 +384,8 @@ class LoanView(BaseModel):
     # the client order id of the reflex the feed holds for this loan's next crossing (activities/reflex.py); None
     # once a pause, force-close or unenrol has reached the feed: from then on no reflex is sent
     reflex_armed: str | None = None
+    # False while the loan has needed no short yet: its hedge workflow opens on the first need (or reflex)
+    hedge_started: bool = True
 
 
 for _model in (PendingMove, LoanCarry, LoanGuardInput):  # they name models defined further down

@@ -81,7 +81,7 @@ async def loan_worker(dev_env, paper_settings, store, venues, task_queue):
 
 
 async def test_the_feed_sends_the_crossing_order_and_the_hedge_books_it_instead_of_trading_again(
-        dev_env, loan_worker, sim, paper_settings):
+        dev_env, loan_worker, sim, paper_settings, store, caplog):
     await open_loan(sim, paper_settings, "reflex", "1", "24000")  # 40 % at 60000
     # the default ladder: without the reflex the first order would be a post-only one resting 10 bps off the book
     handle = await enrol(dev_env.client, loan_worker, "REFLEX-1", "reflex", hedge_policy=OrderPolicy(fill_check_s=1),
@@ -89,6 +89,8 @@ async def test_the_feed_sends_the_crossing_order_and_the_hedge_books_it_instead_
     view = await wait_loan(handle, lambda v: v.reflex_armed is not None and v.price_source == "feed")
     armed = view.reflex_armed
     assert armed.startswith(f"{view.hedge_id}-x")
+    # a loan at rest is one workflow: its hedge opens when first needed (here by the reflex itself)
+    assert not view.hedge_started and store.get_hedge(view.hedge_id) is None
     sim.market.set_price("BTCUSDT", D("52700"))  # CAUTION: short 1.0
     view = await wait_loan(handle, lambda v: settled("CAUTION")(v) and v.reflex_armed not in (None, armed), within_s=60)
     account = sim.engines["bybit"].account_by_name("reflex")
@@ -102,6 +104,10 @@ async def test_the_feed_sends_the_crossing_order_and_the_hedge_books_it_instead_
         assert short <= D("1.000"), [(f.client_id, f.side, f.qty) for f in account.fills]
     hedge = await hedge_view(dev_env.client, view.hedge_id)
     assert hedge.current == -1 and account.position("BTCUSDT").size == -1
+    # the reflex left before the hedge existed: the hedge booked it by its id, and its ledger matches the venue
+    assert store.filled_by_order(view.hedge_id, armed) == D("1.000") and store.verify(view.hedge_id) == []
+    assert store.sync_state(view.hedge_id).mismatch is None
+    assert not [r.getMessage() for r in caplog.records if "ledger and venue disagree" in r.getMessage()]
     ids = [o.client_id for o in account.orders if o.client_id]
     assert len(ids) == len(set(ids))
     # the next crossing is armed under a new id, from the band the loan is in now (the guard names it as it sends

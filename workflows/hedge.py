@@ -106,7 +106,7 @@ class HedgeWorkflow:
         self.realised = c.realised_pnl if c else ZERO
         self.unrealised = c.unrealised_pnl if c else ZERO
         self.open_order: OpenOrder | None = c.open_order if c else None
-        self.reflex_checks: list[str] = list(c.reflex_checks) if c else []
+        self.reflex_checks: list[str] = list(c.reflex_checks) if c else list(inp.reflexes)
         self.market: MarketFacts | None = None
         self.blocked: str | None = None
         self.retry_at: datetime | None = None
@@ -281,6 +281,10 @@ class HedgeWorkflow:
                 self.since_ms = record.created_ms if record is not None else None
                 self.market = await read("hedge_market", MarketRequest(ref=self.ref), result_type=MarketFacts,
                                          **VENUE_CALL)
+                if inp.reflexes and inp.carry is None and self.reflex_checks:
+                    # sent before this hedge existed, so before its ledger's start: booked by their ids, or the
+                    # first reconciliation would see a position the ledger does not hold
+                    await self._book_reflexes()
                 await self._sync(reconcile=True)
                 self.blocked = None
                 return

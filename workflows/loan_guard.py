@@ -4,7 +4,8 @@ Keeps a Bybit BTC-collateralised USDT loan near its target LTV and under critica
   - prices come from the symbol's feed (PriceFeedWorkflow signals `price`); no feed tick for
     `stale_after_s` and the guard alerts and polls the price itself until the feed is back;
   - the loan (debt, interest, collateral) is read every `sync_every_s` and after every treasury action;
-  - the band (risk/loan.py) sets the child HedgeWorkflow's short target and urgency;
+  - the band (risk/loan.py) sets the child HedgeWorkflow's short target and urgency; that workflow is started when
+    the loan first needs a short (or its reflex went out), so a loan at rest is this one workflow;
   - from CAUTION up, unrealised hedge profit is realised (the hedge is asked down by the realised part
     and back up at once: realise-and-re-hedge) and the treasury turns realised profit into collateral
     (LTV above caution), repayment (below repay_below) or reserve; at CRITICAL the reserve repays;
@@ -139,6 +140,7 @@ class LoanGuardWorkflow:
         # the armed id the feed may hold: set before a subscription carrying it is sent, cleared only once one
         # without it is acknowledged (a send that failed after its signal landed leaves it set)
         self.feed_reflex: str | None = c.feed_reflex if c else None
+        self.leverage_set = c.leverage_set if c else False  # the hedge's leverage, set before its first reflex is armed
         self._subscribing = asyncio.Lock()
         self.treasury_backoff: datetime | None = None
         self.retry_at: datetime | None = None
@@ -248,7 +250,7 @@ class LoanGuardWorkflow:
             realised_notional_usdt=self.realised_notional,
             reserve_usdt=self.reserve, enrol_reserve_left_usdt=self.enrol_reserve, allocated_pnl_usdt=self.allocated,
             last_treasury=self.last_treasury, treasury_actions=self.treasury_seq, paused=self.paused,
-            hedge_closed=self.hedge_closed, unenrolling=self.unenrolling, bands=self.cfg,
+            hedge_closed=self.hedge_closed, hedge_started=self.hedge_started, unenrolling=self.unenrolling, bands=self.cfg,
             always_repay=self.inp.always_repay, next_sync_at=self.next_sync,
             summary=summary_line(self.inp.loan_id, self.ltv, self.band, current),
             reflex_armed=self.feed_reflex)
@@ -303,6 +305,8 @@ class LoanGuardWorkflow:
             self._evaluate()
             if workflow.patched("hedge-before-subscribe"):
                 await self._steer_hedge()  # a band change reaches the hedge before the feed hears of it
+            if not self.hedge_started and not self.leverage_set and self._on_demand():
+                await self._set_leverage()  # the reflex may open this hedge: its leverage is set before it is armed
             await self._subscribe()
         else:
             self.ltv = None  # no loan at the venue any more: the hedge target falls to 0 with the collateral
@@ -394,13 +398,15 @@ class LoanGuardWorkflow:
         """The order the feed sends if a tick lifts the loan out of its band: armed while the guard steers a live,
         unpaused hedge and there is a band above."""
         ioc = next((step for step in reversed(self.inp.hedge_policy.ladder) if step.kind == StepKind.IOC), None)
-        if (not workflow.patched("reflex") or ioc is None or not self.hedge_started or self.hedge_closed
+        # the short the hedge was asked for; a hedge not opened yet was asked for none, and its reflex opens it
+        base = self.sent_target if self.hedge_started else ZERO if self.leverage_set else None
+        if (not workflow.patched("reflex") or ioc is None or base is None or self.hedge_closed
                 or self.closing_hedge or self.paused or self.unenrolling or self.realising is not None
-                or self.band >= Band.CRITICAL or self.sent_target is None or self.collateral <= 0):
+                or self.band >= Band.CRITICAL or self.collateral <= 0):
             wanted = None
         else:
             policy = self.inp.hedge_policy
-            wanted = (int(self.band), self.sent_target, ioc.bps, policy.price_band_bps, policy.max_order_qty)
+            wanted = (int(self.band), base, ioc.bps, policy.price_band_bps, policy.max_order_qty)
         armed = self.armed
         if armed is not None and (armed.from_band, armed.base_btc, armed.ioc_bps, armed.price_band_bps,
                                   armed.max_qty) != wanted:
@@ -469,7 +475,20 @@ class LoanGuardWorkflow:
             return max(ZERO, band_target - self.realising.qty), "critical"
         return band_target, urgency
 
+    def _on_demand(self) -> bool:
+        """A loan's hedge workflow opens when the loan first needs a short, or when a reflex was sent for it, not
+        at enrolment: a loan at rest is one workflow, not two (bench/README.md, scale)."""
+        return workflow.patched("hedge-on-demand")
+
+    def _hedge_wanted(self, target: Decimal) -> bool:
+        if self.reflex_report:  # a reflex went out: its fills need the hedge's ledger, whatever else holds
+            return True
+        return not self._on_demand() or (target > 0 and not self.paused)
+
     async def _steer_hedge(self) -> None:
+        if not self.hedge_started and self.reflex_report and (self.closing_hedge or self.unenrolling):
+            # a reflex left just before the close: the hedge opens to book it, and the close below takes it out
+            await self._start_hedge(ZERO, "normal")
         if self.unenrolling and not self.hedge_started:
             return
         if self.closing_hedge and not self.hedge_started:
@@ -492,25 +511,9 @@ class LoanGuardWorkflow:
                 return
         target, urgency = self._target()
         if not self.hedge_started:
-            hedge = HedgeInput(hedge_id=self._hedge_id(), book=Book.LOAN.value, exposure_id=self.inp.loan_id,
-                               venue=self.inp.venue, account=self.inp.account, symbol=self.inp.symbol,
-                               side=HedgeSide.SHORT, target=ZERO if self.paused else target, policy=self.inp.hedge_policy)
-            await read("loan_hedge_leverage", HedgeLeverage(
-                venue=self.inp.venue, account=self.inp.account, symbol=self.inp.symbol, leverage=self.inp.hedge_leverage),
-                **VENUE_CALL)
-            try:
-                await workflow.start_child_workflow(
-                    "HedgeWorkflow", hedge, id=f"hedge-{hedge.hedge_id}", static_summary=hedge.summary(),
-                    parent_close_policy=workflow.ParentClosePolicy.ABANDON)
-            except WorkflowAlreadyStartedError:
-                pass  # a previous run started it: steer it by signals as usual
-            self.hedge_started, self.sent_target, self.sent_urgency = True, target, urgency
-            self.hedge_paused_sent = False
-            if self.paused and workflow.patched("pause-before-retarget"):
-                # a paused guard's new hedge must hold its target, not trade on it before the pause arrives
-                await self._signal_hedge("pause", f"{BOOK_SENDER} {self.inp.loan_id}")
-                self.hedge_paused_sent = True
-            await self._retarget(target, urgency)
+            if not self._hedge_wanted(target):
+                return
+            await self._start_hedge(target, urgency)
         if self.paused != self.hedge_paused_sent:
             await self._signal_hedge("pause" if self.paused else "resume", f"{BOOK_SENDER} {self.inp.loan_id}")
             self.hedge_paused_sent = self.paused
@@ -521,6 +524,38 @@ class LoanGuardWorkflow:
             # thousand loans retargeted by one tick spent the dev server on those reads (bench.latency)
             soon = self.inp.timing.hedge_check_s if workflow.patched("facts-at-check-interval") else 1
             self.next_facts = workflow.now() + timedelta(seconds=soon)
+
+    async def _set_leverage(self) -> None:
+        await read("loan_hedge_leverage", HedgeLeverage(
+            venue=self.inp.venue, account=self.inp.account, symbol=self.inp.symbol, leverage=self.inp.hedge_leverage),
+            **VENUE_CALL)
+        self.leverage_set = True
+
+    async def _start_hedge(self, target: Decimal, urgency: str) -> None:
+        # an on-demand hedge is told of the reflexes sent before it existed in its input, so that it books them
+        # before its first reconciliation (the retarget that follows could reach it after that)
+        reflexes = tuple(self.reflex_report) if self._on_demand() else ()
+        hedge = HedgeInput(hedge_id=self._hedge_id(), book=Book.LOAN.value, exposure_id=self.inp.loan_id,
+                           venue=self.inp.venue, account=self.inp.account, symbol=self.inp.symbol,
+                           side=HedgeSide.SHORT, target=ZERO if self.paused else target, policy=self.inp.hedge_policy,
+                           reflexes=reflexes)
+        if not self.leverage_set:
+            await self._set_leverage()
+        try:
+            await workflow.start_child_workflow(
+                "HedgeWorkflow", hedge, id=f"hedge-{hedge.hedge_id}", static_summary=hedge.summary(),
+                parent_close_policy=workflow.ParentClosePolicy.ABANDON)
+        except WorkflowAlreadyStartedError:
+            pass  # a previous run started it: steer it by signals as usual
+        if reflexes:
+            self.reflex_report = [cid for cid in self.reflex_report if cid not in reflexes]
+        self.hedge_started, self.sent_target, self.sent_urgency = True, target, urgency
+        self.hedge_paused_sent = False
+        if self.paused and workflow.patched("pause-before-retarget"):
+            # a paused guard's new hedge must hold its target, not trade on it before the pause arrives
+            await self._signal_hedge("pause", f"{BOOK_SENDER} {self.inp.loan_id}")
+            self.hedge_paused_sent = True
+        await self._retarget(target, urgency)
 
     async def _retarget(self, target: Decimal, urgency: str) -> None:
         """A new target for the hedge, naming the reflex orders it has not been told of yet."""
@@ -755,7 +790,7 @@ class LoanGuardWorkflow:
                          realised_btc=self.realised_btc, realised_notional=self.realised_notional,
                          hedge_paused_sent=self.hedge_paused_sent, pending=self.pending, reflex_seq=self.reflex_seq,
                          armed=self.armed, reflex_report=self.reflex_report, subscribed=self.subscribed,
-                         feed_reflex=self.feed_reflex)
+                         feed_reflex=self.feed_reflex, leverage_set=self.leverage_set)
 
     def _alert(self, severity: str, kind: str, title: str, text: str, *, topic: str | None = None,
                figure: Decimal | None = None, unit: str = "", category: str = "alert") -> None:
