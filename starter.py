@@ -575,11 +575,15 @@ async def cmd_loan_unenrol(args: argparse.Namespace, settings: Settings) -> int:
     from temporalio.client import WorkflowFailureError
 
     handle = await _loan_handle(settings, args.loan_id)
+    before = await handle.query(LoanGuardWorkflow.state)
     await handle.signal(LoanGuardWorkflow.unenrol)
     if not args.wait:
-        emit(args, {"loan_id": args.loan_id, "sent": "unenrol"},
-             f"loan {args.loan_id}: unenrolling. Its hedge closes first; the guard ends once the hedge is flat "
-             f"(follow it with `starter.py loan status {args.loan_id}`, or unenrol with --wait)")
+        hedged = before.hedge_started and not before.hedge_closed
+        emit(args, {"loan_id": args.loan_id, "sent": "unenrol", "hedge_open": hedged},
+             f"loan {args.loan_id}: unenrolling. "
+             + ("Its hedge closes first; the guard ends once the hedge is flat" if hedged
+                else "No hedge is open, so the guard ends now")
+             + f" (follow it with `starter.py loan status {args.loan_id}`, or unenrol with --wait)")
         return 0
     try:
         view = await asyncio.wait_for(handle.result(), timeout=args.timeout_s)

@@ -237,13 +237,26 @@ async def test_paper_loan_enrol_watch_pause_rebands_unenrol(dev_env, sim, loan_w
     assert closing.code == 0 and closing.json() == {"loan_id": loan_id, "sent": "force-close"}
     assert (await cli("loan", "status", loan_id, "--json")).json()["paused"] is True
 
-    unenrolling = await cli("loan", "unenrol", loan_id)
-    assert unenrolling.code == 0 and "Its hedge closes first" in unenrolling.out, unenrolling.err
-    view = (await cli("loan", "status", loan_id, "--json")).json()
-    assert view["unenrolling"] is True and view["paused"] is True
     gone = await cli("loan", "unenrol", loan_id, "--wait", "--timeout-s", "6", "--json")
     assert gone.code == 0, gone.err
     assert gone.json()["unenrolling"] is True and gone.json()["hedge_closed"] is True
     description = await dev_env.client.get_workflow_handle(loan_workflow_id(loan_id)).describe()
     assert description.status == WorkflowExecutionStatus.COMPLETED
+    one_line(await cli("loan", "status", loan_id), f"no enrolled loan {loan_id}: its guard is completed")
+
+
+async def test_unenrol_says_whether_a_hedge_closes_first(dev_env, sim, loan_worker, cli, cleanup):
+    """A loan that never needed a short has no hedge workflow: unenrol ends its guard at once, and says so."""
+    loan_id, account = new_ids()
+    cleanup.append(loan_id)
+    enrolled = await cli("loan", "enrol", "--loan-id", loan_id, "--account", account, "--collateral-btc", "1",
+                         "--loan-usdt", "24000", "--json")
+    assert enrolled.code == 0, enrolled.err
+    await until_synced(dev_env, loan_id)
+    unenrolling = await cli("loan", "unenrol", loan_id, "--json")
+    assert unenrolling.code == 0, unenrolling.err
+    assert unenrolling.json() == {"loan_id": loan_id, "sent": "unenrol", "hedge_open": False}
+    plain = await dev_env.client.get_workflow_handle_for(LoanGuardWorkflow.run, loan_workflow_id(loan_id)).result()
+    assert plain.unenrolling and not plain.hedge_started and not [o for o in sim.engines["bybit"].account_by_name(
+        account).orders if o.client_id]
     one_line(await cli("loan", "status", loan_id), f"no enrolled loan {loan_id}: its guard is completed")
