@@ -281,7 +281,9 @@ class LoanGuardWorkflow:
                     self._alert("CRITICAL", "venue", f"loan {inp.loan_id}: venue call failing", cause)
                     self.retry_at = workflow.now() + timedelta(seconds=inp.timing.poll_every_s)
             self._show()
-            if self.unenrolling and (self.hedge_closed or not self.hedge_started) and self.pending is None:
+            # (a reflex sent for a hedge not opened yet keeps the guard until that hedge has opened and booked it)
+            owed = not self.hedge_started and bool(self.reflex_report)
+            if self.unenrolling and (self.hedge_closed or not self.hedge_started) and self.pending is None and not owed:
                 try:
                     async with self._subscribing:  # after any disarm on its way, not before it
                         await workflow.execute_activity("feed_unsubscribe", FeedUnsubscribe(
@@ -546,8 +548,8 @@ class LoanGuardWorkflow:
                 "HedgeWorkflow", hedge, id=f"hedge-{hedge.hedge_id}", static_summary=hedge.summary(),
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON)
         except WorkflowAlreadyStartedError:
-            pass  # a previous run started it: steer it by signals as usual
-        if reflexes:
+            pass  # a previous run started it: steer it by signals as usual (the retarget names the reflexes)
+        else:
             self.reflex_report = [cid for cid in self.reflex_report if cid not in reflexes]
         self.hedge_started, self.sent_target, self.sent_urgency = True, target, urgency
         self.hedge_paused_sent = False
