@@ -12,7 +12,8 @@ import asyncio
 import sys
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
+
+from activities.temporal_client import DATA_CONVERTER
 
 
 async def main() -> None:
@@ -21,7 +22,7 @@ async def main() -> None:
     parser.add_argument("--address", default="127.0.0.1:7233")
     parser.add_argument("--namespace", default="default")
     args = parser.parse_args()
-    client = await Client.connect(args.address, namespace=args.namespace, data_converter=pydantic_data_converter)
+    client = await Client.connect(args.address, namespace=args.namespace, data_converter=DATA_CONVERTER)
     history = await client.get_workflow_handle(args.workflow_id).fetch_history()
     sys.stdout.write(history.to_json())
 
