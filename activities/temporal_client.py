@@ -1,7 +1,6 @@
 """One way to connect to Temporal, shared by the worker, the CLI and the tests.
 
-Every client uses the pydantic data converter (the default JSON converter cannot carry Decimal), with one
-TypeAdapter cache for the whole process (SharedPydanticPayloadConverter).
+Every client uses the pydantic data converter: the default JSON converter cannot carry Decimal.
 """
 
 from __future__ import annotations
@@ -10,32 +9,10 @@ import asyncio
 import time
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import PydanticJSONPlainPayloadConverter
-from temporalio.converter import (
-    CompositePayloadConverter,
-    DataConverter,
-    DefaultPayloadConverter,
-    JSONPlainPayloadConverter,
-)
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 from models.settings import Settings
-
-# pydantic's JSON payload converter keeps a TypeAdapter (schema, validator, serializer) per type it has converted
-_PYDANTIC_JSON = PydanticJSONPlainPayloadConverter()
-
-
-class SharedPydanticPayloadConverter(CompositePayloadConverter):
-    """pydantic's payload converter, sharing one JSON converter and so one adapter cache. The SDK builds a payload
-    converter for every workflow instance it runs; with pydantic's own each cached loan guard built and kept its
-    own adapters for every type it received (bench/README.md, scale)."""
-
-    def __init__(self) -> None:
-        super().__init__(*(_PYDANTIC_JSON if isinstance(c, JSONPlainPayloadConverter) else c
-                           for c in DefaultPayloadConverter.default_encoding_payload_converters))
-
-
-DATA_CONVERTER = DataConverter(payload_converter_class=SharedPydanticPayloadConverter)
 
 
 class TemporalUnreachable(ConnectionError):
@@ -52,7 +29,7 @@ async def connect(settings: Settings, *, runtime: Runtime | None = None, wait_s:
     while True:
         try:
             return await Client.connect(settings.temporal_address, namespace=settings.temporal_namespace,
-                                        data_converter=DATA_CONVERTER, runtime=runtime)
+                                        data_converter=pydantic_data_converter, runtime=runtime)
         except RuntimeError as exc:
             if time.monotonic() >= deadline:
                 reason = "connection refused" if "refused" in str(exc) else str(exc).splitlines()[0][:120]

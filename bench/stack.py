@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
 from activities.feed import apply_subscriptions
-from activities.temporal_client import DATA_CONVERTER
 from models.loan_guard import FeedSubscription, FeedSubscriptions, feed_workflow_ids
 from models.search_attributes import dev_server_flags
 from sim.server import Simulator
@@ -174,7 +174,7 @@ class BenchStack:
         deadline = time.monotonic() + within_s
         while True:
             try:
-                return await Client.connect(self.address, data_converter=DATA_CONVERTER)
+                return await Client.connect(self.address, data_converter=pydantic_data_converter)
             except RuntimeError:
                 if time.monotonic() > deadline:
                     raise

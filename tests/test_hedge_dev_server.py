@@ -19,10 +19,10 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
-from activities.temporal_client import DATA_CONVERTER
 from models import search_attributes
 from models.hedge import OrderPolicy, TargetChange
 from risk.pricing import Urgency
@@ -150,7 +150,7 @@ async def test_temporal_ui_http_api_lists_a_running_hedge_by_its_search_attribut
         s.bind(("127.0.0.1", 0))
         ui_port = s.getsockname()[1]
     env = await WorkflowEnvironment.start_local(dev_server_existing_path=str(TEMPORAL), ui=True, ui_port=ui_port,
-                                                data_converter=DATA_CONVERTER,
+                                                data_converter=pydantic_data_converter,
                                                 search_attributes=list(search_attributes.ALL),
                                                 dev_server_log_level="error")
     try:

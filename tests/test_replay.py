@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowHistory
+from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
-from activities.temporal_client import DATA_CONVERTER
 from worker import SANDBOX
 from workflows import ALERT_WORKFLOWS, ALL_WORKFLOWS
 from workflows.clock_guard import ClockGuardedInstance, has_work
@@ -28,7 +28,7 @@ def histories_of(name: str) -> list[Path]:
 
 async def replay_failure(path: Path, runner) -> Exception | None:
     history = WorkflowHistory.from_json(path.stem, json.loads(path.read_text()))
-    replayer = Replayer(workflows=ALL_WORKFLOWS + ALERT_WORKFLOWS, data_converter=DATA_CONVERTER,
+    replayer = Replayer(workflows=ALL_WORKFLOWS + ALERT_WORKFLOWS, data_converter=pydantic_data_converter,
                         workflow_runner=runner)
     return (await replayer.replay_workflow(history, raise_on_replay_failure=False)).replay_failure
 
