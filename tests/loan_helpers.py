@@ -9,7 +9,7 @@ from decimal import Decimal as D
 
 import aiohttp
 from temporalio.client import Client, WorkflowHandle
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 
 from activities.venues import ensure_paper_account
 from models.loan_guard import BandSettings, LoanGuardInput, LoanTiming, LoanView, feed_workflow_ids
@@ -31,6 +31,16 @@ async def enrol(client: Client, task_queue: str, loan_id: str, account: str, *, 
     inp = LoanGuardInput(loan_id=loan_id, account=account, timing=timing, bands=bands or BandSettings(), **extra)
     return await client.start_workflow(LoanGuardWorkflow.run, inp, id=inp.workflow_id, task_queue=task_queue,
                                        static_summary=f"loan {loan_id} (test)")
+
+
+async def workflow_exists(client: Client, workflow_id: str) -> bool:
+    try:
+        await client.get_workflow_handle(workflow_id).describe()
+    except RPCError as err:
+        if err.status == RPCStatusCode.NOT_FOUND:
+            return False
+        raise
+    return True
 
 
 async def loan_state(handle: WorkflowHandle) -> LoanView:

@@ -8,13 +8,21 @@ import asyncio
 from decimal import Decimal as D
 
 import pytest
-from temporalio.service import RPCError, RPCStatusCode
 
 from models.hedge import HedgeView, LadderStep, OrderPolicy
 from models.loan_guard import feed_shard, feed_workflow_id
 from risk.pricing import StepKind
 from risk.pricing import round_down_to_step as lots
-from tests.loan_helpers import FAST, end_loan_workflows, enrol, loan_state, open_loan, record_if_asked, wait_loan
+from tests.loan_helpers import (
+    FAST,
+    end_loan_workflows,
+    enrol,
+    loan_state,
+    open_loan,
+    record_if_asked,
+    wait_loan,
+    workflow_exists,
+)
 from workflows.hedge import HedgeWorkflow
 
 FAST_HEDGE = OrderPolicy(replace_after_s=5, fill_check_s=1, reconcile_every_s=30)
@@ -35,16 +43,6 @@ async def loan_worker(dev_env, paper_settings, store, venues, task_queue):
 
 async def hedge_view(client, hedge_id: str) -> HedgeView:
     return await client.get_workflow_handle(f"hedge-{hedge_id}").query(HedgeWorkflow.state)
-
-
-async def workflow_exists(client, workflow_id: str) -> bool:
-    try:
-        await client.get_workflow_handle(workflow_id).describe()
-    except RPCError as err:
-        if err.status == RPCStatusCode.NOT_FOUND:
-            return False
-        raise
-    return True
 
 
 def settled(band: str):

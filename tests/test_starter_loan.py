@@ -13,12 +13,13 @@ from decimal import Decimal as D
 
 import pytest
 from temporalio.client import WorkflowExecutionStatus
-from temporalio.service import RPCError, RPCStatusCode
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 import starter
 from activities.venues import ensure_paper_account
 from models.loan_guard import LoanView, feed_workflow_ids, loan_workflow_id
+from tests.loan_helpers import workflow_exists
 from worker import build_worker
 from workflows.loan_guard import LoanGuardWorkflow
 
@@ -95,12 +96,7 @@ def new_ids() -> tuple[str, str]:
 
 async def assert_nothing_started(env: WorkflowEnvironment, sim, loan_id: str, account: str, *,
                                  account_existed: bool = False) -> None:
-    try:
-        await env.client.get_workflow_handle(loan_workflow_id(loan_id)).describe()
-    except RPCError as err:
-        assert err.status == RPCStatusCode.NOT_FOUND
-    else:
-        raise AssertionError(f"workflow {loan_workflow_id(loan_id)} exists")
+    assert not await workflow_exists(env.client, loan_workflow_id(loan_id)), f"workflow {loan_workflow_id(loan_id)} exists"
     if not account_existed:
         assert account not in sim.loans.loans
         assert sim.engines["bybit"].account_by_name(account) is None, "a paper account was created"

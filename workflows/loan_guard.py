@@ -281,9 +281,8 @@ class LoanGuardWorkflow:
                     self._alert("CRITICAL", "venue", f"loan {inp.loan_id}: venue call failing", cause)
                     self.retry_at = workflow.now() + timedelta(seconds=inp.timing.poll_every_s)
             self._show()
-            # (a reflex sent for a hedge not opened yet keeps the guard until that hedge has opened and booked it)
-            owed = not self.hedge_started and bool(self.reflex_report)
-            if self.unenrolling and (self.hedge_closed or not self.hedge_started) and self.pending is None and not owed:
+            if (self.unenrolling and (self.hedge_closed or not self.hedge_started) and self.pending is None
+                    and not self._hedge_owed()):
                 try:
                     async with self._subscribing:  # after any disarm on its way, not before it
                         await workflow.execute_activity("feed_unsubscribe", FeedUnsubscribe(
@@ -482,13 +481,15 @@ class LoanGuardWorkflow:
         at enrolment: a loan at rest is one workflow, not two (bench/README.md, scale)."""
         return workflow.patched("hedge-on-demand")
 
+    def _hedge_owed(self) -> bool:
+        """A reflex went out for a hedge not opened yet: that hedge must open and book it, whatever else holds."""
+        return not self.hedge_started and bool(self.reflex_report)
+
     def _hedge_wanted(self, target: Decimal) -> bool:
-        if self.reflex_report:  # a reflex went out: its fills need the hedge's ledger, whatever else holds
-            return True
-        return not self._on_demand() or (target > 0 and not self.paused)
+        return self._hedge_owed() or not self._on_demand() or (target > 0 and not self.paused)
 
     async def _steer_hedge(self) -> None:
-        if not self.hedge_started and self.reflex_report and (self.closing_hedge or self.unenrolling):
+        if self._hedge_owed() and (self.closing_hedge or self.unenrolling):
             # a reflex left just before the close: the hedge opens to book it, and the close below takes it out
             await self._start_hedge(ZERO, "normal")
         if self.unenrolling and not self.hedge_started:
