@@ -29,10 +29,10 @@ from temporalio.client import WorkflowHandle
 
 from activities.store import Store
 from bench.stack import BenchStack
-from models.loan_guard import LoanGuardInput, LoanTiming, LoanView
+from models.loan_guard import BandSettings, LoanGuardInput, LoanTiming, LoanView
 from models.settings import Settings
 from tests.loan_helpers import open_loan
-from tests.test_loan_crash_scenario import CRASH_HEDGE, POINT_S, busy
+from tests.test_loan_crash_scenario import CRASH_HEDGE, POINT_S, guard_busy
 
 pytestmark = [pytest.mark.slow, pytest.mark.solo, pytest.mark.timeout(600), pytest.mark.chaos]
 
@@ -42,6 +42,9 @@ COLLATERAL = D("10")
 WORKER_KILLS = 10
 SERVER_KILLS = 2
 ALERT_WINDOW_S = 20
+# DANGER from 47 % (48 by default): on this path the guard holds the LTV under 48 %, and entering DANGER raises the
+# CRITICAL band alert whose delivery under chaos the run checks
+BANDS = BandSettings(danger=D("47"))
 TIMING = LoanTiming(sync_every_s=30, stale_after_s=10, poll_every_s=2, keepalive_s=5, hedge_check_s=1)
 CHAT_FAULTS = [("slack", "http500", {"count": 2}), ("telegram", "rate_limit", {"count": 1, "retry_after": 1}),
                ("smtp", "http500", {"count": 1})]
@@ -62,9 +65,8 @@ async def settle(handle: WorkflowHandle, stack: BenchStack) -> None:
     deadline = time.monotonic() + POINT_S
     while time.monotonic() < deadline:
         await asyncio.sleep(0.03)
-        loan = next(x for x in stack.sim.loans.snapshot() if x["account"] == "chaos")
         view = await view_or_none(handle)
-        if view is not None and not busy(view, D(loan["ltv"]) * 100, TIMING):
+        if view is not None and not guard_busy(view, stack.sim, "chaos", TIMING):
             return
 
 
@@ -170,7 +172,7 @@ async def test_crash_under_chaos_keeps_every_promise(tmp_path):
         debt = (COLLATERAL * first * D("0.40")).quantize(D("0.01"))
         await open_loan(stack.sim, Settings(paper_control_url=stack.sim.urls["control"], metrics_bind=""), "chaos",
                         str(COLLATERAL), str(debt))
-        inp = LoanGuardInput(loan_id="CHAOS-1", account="chaos", timing=TIMING, hedge_policy=CRASH_HEDGE)
+        inp = LoanGuardInput(loan_id="CHAOS-1", account="chaos", bands=BANDS, timing=TIMING, hedge_policy=CRASH_HEDGE)
         handle = await stack.client.start_workflow("LoanGuardWorkflow", inp, id=inp.workflow_id, task_queue="bench")
         deadline = time.monotonic() + 60
         while (v := await view_or_none(handle)) is None or v.price_source != "feed":

@@ -74,6 +74,18 @@ def band_signal_due(v: LoanView, last: D, index: D) -> bool:
     return band_for(ltv_pct(v.debt_usdt, v.collateral_btc, last, index), band, v.bands.bands()) != band
 
 
+def guard_busy(view: LoanView, sim, account: str, timing: LoanTiming) -> bool:
+    """Whether the guard of `account` still has something to do at the emulator's current price, judged from its
+    state and from the venue's profit at this price (its own reading of the profit may be up to hedge_check_s old)."""
+    quote = sim.market.quote("BTCUSDT")
+    loan = next(x for x in sim.loans.snapshot() if x["account"] == account)
+    ltv = D(loan["ltv"]) * 100
+    position = sim.engines["bybit"].account_by_name(account).positions.get("BTCUSDT")
+    profit = position.unrealised(quote.mark) if position else D(0)
+    return (busy(view, ltv, timing) or busy(view.model_copy(update={"hedge_unrealised_pnl": profit}), ltv, timing)
+            or band_signal_due(view, quote.last, quote.index))
+
+
 async def hold(handle, sim, timing: LoanTiming) -> tuple[LoanView, bool]:
     """What settle does, returning the guard's state at the end and whether the point's 15 s ran out first.
 
@@ -82,13 +94,8 @@ async def hold(handle, sim, timing: LoanTiming) -> tuple[LoanView, bool]:
     says so, not only the guard's last reading of it."""
     deadline = time.monotonic() + POINT_S
     while True:
-        quote = sim.market.quote("BTCUSDT")
-        loan = next(x for x in sim.loans.snapshot() if x["account"] == "crash")
-        view, ltv = await loan_state(handle), D(loan["ltv"]) * 100
-        position = sim.engines["bybit"].account_by_name("crash").positions.get("BTCUSDT")
-        profit = position.unrealised(quote.mark) if position else D(0)
-        if not (busy(view, ltv, timing) or busy(view.model_copy(update={"hedge_unrealised_pnl": profit}), ltv, timing)
-                or band_signal_due(view, quote.last, quote.index)):
+        view = await loan_state(handle)
+        if not guard_busy(view, sim, "crash", timing):
             return view, False
         if time.monotonic() >= deadline:
             return view, True
