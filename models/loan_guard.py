@@ -127,6 +127,10 @@ class LoanGuardInput(BaseModel):
     # 10 s (the replace interval) the cancel-and-replace is the check, and its cancel answers with the fills
     hedge_policy: OrderPolicy = OrderPolicy(replace_after_s=10, fill_check_s=10, reconcile_every_s=60)
     continue_as_new_after: int | None = Field(None, ge=200)
+    # at rest (SAFE, nothing in flight) the guard continues as new from this many events (None: the default, 150): the
+    # worker holds ~2 KiB per workflow task a cached run has processed until the run ends (bench.run_memory), so a guard
+    # waking every few minutes for years would otherwise grow to its 6,000-event run, ~3 MiB, before letting go
+    rest_continue_as_new_after: int | None = Field(None, ge=50)
     carry: LoanCarry | None = None
 
     @property

@@ -80,11 +80,12 @@ def btc(value: str | int | float) -> D:
     return D(str(value))
 
 
-async def record_if_asked(client: Client, workflow_id: str, name: str) -> None:
-    """With HEDGEGUARD_RECORD_HISTORIES=1, save a workflow's history for the replay tests."""
+async def record_if_asked(client: Client, workflow_id: str, name: str, run_id: str | None = None) -> None:
+    """With HEDGEGUARD_RECORD_HISTORIES=1, save a workflow's history (its latest run, or `run_id`) for the replay
+    tests."""
     import os
     from pathlib import Path
 
     if os.environ.get("HEDGEGUARD_RECORD_HISTORIES"):
-        history = await client.get_workflow_handle(workflow_id).fetch_history()
+        history = await client.get_workflow_handle(workflow_id, run_id=run_id).fetch_history()
         (Path(__file__).parent / "histories" / f"{name}.json").write_text(history.to_json())

@@ -156,3 +156,34 @@ async def test_a_feed_that_loses_its_stream_tells_its_loans_at_once(dev_env, loa
     view = await wait_loan(handle, lambda v: v.feed_stale and v.band == "CAUTION", within_s=STREAM_SILENT_S + 10)
     assert view.price_source == "poll" and view.price == D("52700")
     view = await wait_loan(handle, lambda v: not v.feed_stale and v.price_source == "feed", within_s=30)
+
+
+async def test_a_guard_at_rest_continues_as_new_and_still_hedges_the_next_fall(dev_env, loan_worker, sim, paper_settings):
+    """A cached run holds memory for every workflow task it has taken (bench.run_memory): a guard at rest starts a
+    fresh run every so many events, carrying everything, so the next crossing still hedges."""
+    await open_loan(sim, paper_settings, "rest", "1", "24000")
+    handle = await enrol(dev_env.client, loan_worker, "REST-1", "rest", hedge_policy=TAKER_HEDGE,
+                         rest_continue_as_new_after=50)
+    before = await wait_loan(handle, lambda v: v.ltv_pct is not None and v.price_source == "feed")
+    first_run = handle.result_run_id
+    deadline = asyncio.get_running_loop().time() + 60
+    for price in ("59000", "60500", "58500", "60000") * 10:  # moves inside SAFE: each wakes the guard
+        sim.market.set_price("BTCUSDT", D(price))
+        await asyncio.sleep(0.3)
+        if (await handle.describe()).run_id != first_run:
+            break
+        assert asyncio.get_running_loop().time() < deadline, "the guard at rest never continued as new"
+    described = await handle.describe()
+    assert described.run_id != first_run
+    history = await dev_env.client.get_workflow_handle(handle.id, run_id=first_run).fetch_history()
+    assert history.events[-1].HasField("workflow_execution_continued_as_new_event_attributes")
+    assert len(history.events) < 200  # at rest: not the 6,000-event limit of a busy run
+    await record_if_asked(dev_env.client, handle.id, "LoanGuardWorkflow-rest-continue-as-new", run_id=first_run)
+    sim.market.set_price("BTCUSDT", D("60000"))
+    view = await wait_loan(handle, lambda v: abs(v.ltv_pct - 40) < D("0.01") and v.price_source == "feed")
+    assert (view.band, view.loan_id, view.hedge_id, view.max_ltv_pct) == ("SAFE", "REST-1", before.hedge_id,
+                                                                         max(before.max_ltv_pct, view.max_ltv_pct))
+    sim.market.set_price("BTCUSDT", D("52700"))  # CAUTION: the new run hears the feed and hedges
+    view = await wait_loan(handle, lambda v: v.band == "CAUTION" and v.hedge_current_btc == v.hedge_target_btc > 0,
+                           within_s=60)
+    assert view.hedge_id == before.hedge_id

@@ -76,6 +76,7 @@ with workflow.unsafe.imports_passed_through():
 ZERO = Decimal(0)
 QTY_STEP = Decimal("0.001")  # until the hedge's market facts are read
 CONTINUE_AS_NEW_AFTER = 6000
+REST_CONTINUE_AS_NEW_AFTER = 150  # ~25 wakes at rest (a loan read every 5 min): a run about every 2 hours
 REALISE_GIVE_UP = timedelta(minutes=5)
 VENUE_CALL = dict(start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=timedelta(minutes=2),
                   retry_policy=RetryPolicy(initial_interval=timedelta(seconds=1), maximum_interval=timedelta(seconds=10)))
@@ -779,7 +780,17 @@ class LoanGuardWorkflow:
         self.wake = False
 
     def _should_continue_as_new(self) -> bool:
-        return continue_as_new_due(self.inp.continue_as_new_after or CONTINUE_AS_NEW_AFTER)
+        if continue_as_new_due(self.inp.continue_as_new_after or CONTINUE_AS_NEW_AFTER):
+            return True
+        rest_limit = self.inp.rest_continue_as_new_after or REST_CONTINUE_AS_NEW_AFTER
+        return (self._at_rest() and workflow.info().get_current_history_length() >= rest_limit
+                and workflow.patched("rest-continue-as-new"))
+
+    def _at_rest(self) -> bool:
+        """SAFE with nothing in flight: a new run costs the loan nothing now, and frees what this one holds."""
+        return (self.band == Band.SAFE and self.pending is None and self.realising is None and not self.closing_hedge
+                and not self.unenrolling and self.retry_at is None and not self._hedge_owed()
+                and (not self.hedge_started or not self.sent_target))
 
     def _carry(self) -> LoanCarry:
         return LoanCarry(band=int(self.band), principal=self.principal, interest=self.interest,
