@@ -129,7 +129,7 @@ class LoanGuardInput(BaseModel):
     continue_as_new_after: int | None = Field(None, ge=200)
     # at rest (SAFE, nothing in flight) the guard continues as new from this many events (None: the default, 150): the
     # worker holds ~2 KiB per workflow task a cached run has processed until the run ends (bench.run_memory), so a guard
-    # waking every few minutes for years would otherwise grow to its 6,000-event run, ~3 MiB, before letting go
+    # waking every few minutes would otherwise grow to its 6,000-event run, ~2 MiB, before letting go
     rest_continue_as_new_after: int | None = Field(None, ge=50)
     carry: LoanCarry | None = None
 
