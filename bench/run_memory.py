@@ -7,9 +7,9 @@ worker in its own process with its workflow cache at C; worker RSS before and af
 
 Why it exists: a loan guard at rest costs the worker ~125 KiB while cached and its Python objects only ~30 KiB
 of that (bench/README.md, "Scale"). This shows where the rest comes from: the SDK keeps, per cached run, state
-that grows with the workflow tasks the run has processed, and a run that has completed (or continued as new)
-keeps it until the cache's LRU order evicts it. The runs start in batches of 25 (an operator's enrolment pace),
-so memory a finished run frees could be reused by the next batch. One fresh dev server per configuration.
+that grows with the workflow tasks the run has processed, and gives it back when the run ends (completes or
+continues as new). The runs start in batches of 25 (an operator's enrolment pace), so memory a finished run frees
+can be reused by the next batch. One fresh dev server per configuration.
 """
 
 from __future__ import annotations
@@ -21,13 +21,13 @@ import sys
 import tempfile
 import time
 from datetime import timedelta
+from pathlib import Path
 
 from temporalio import activity, workflow
 from temporalio.client import Client
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
-from bench.stack import BIN, ROOT, free_port, rss_mib
-from models.search_attributes import dev_server_flags
+from bench.stack import ROOT, connect_when_up, dev_server_argv, free_port, rss_mib
 
 QUEUE = "run-memory"
 BATCH = 25
@@ -69,13 +69,11 @@ async def measure(runs: int, tasks: int, complete: bool, cache: int) -> dict:
     port = free_port()
     address = f"127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="hedgeguard-run-memory-") as tmp:
-        server = subprocess.Popen([str(BIN / "temporal"), "server", "start-dev", "--db-filename", f"{tmp}/t.db",
-                                   "--ip", "127.0.0.1", "--port", str(port), "--headless", "--log-level", "error",
-                                   "--sqlite-pragma", "journal_mode=wal", "--sqlite-pragma", "synchronous=normal",
-                                   *dev_server_flags()], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        server = subprocess.Popen(dev_server_argv(Path(tmp) / "t.db", port), stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL)
         worker = None
         try:
-            client = await _connect(address)
+            client = await connect_when_up(address)
             worker = subprocess.Popen([sys.executable, "-m", "bench.run_memory", "--serve", address, "--cache", str(cache)],
                                       cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
             assert worker.stdout is not None
@@ -100,17 +98,6 @@ async def measure(runs: int, tasks: int, complete: bool, cache: int) -> dict:
     return {"runs": runs, "tasks": tasks, "end": "complete" if complete else "wait", "cache": cache,
             "rss_before_mib": round(before, 1), "rss_after_mib": round(after, 1),
             "kib_per_run": round((after - before) * 1024 / runs, 1)}
-
-
-async def _connect(address: str) -> Client:
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            return await Client.connect(address)
-        except RuntimeError:
-            if time.monotonic() > deadline:
-                raise
-            await asyncio.sleep(0.3)
 
 
 async def _settled(client: Client, done: int, complete: bool) -> None:

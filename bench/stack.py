@@ -46,6 +46,25 @@ def rss_mib(pid: int) -> float:
     raise RuntimeError(f"no VmRSS for pid {pid}")
 
 
+def dev_server_argv(db: Path, port: int) -> list[str]:
+    """The Temporal dev server on loopback `port`, its SQLite file `db` in WAL mode, our search attributes."""
+    return [str(BIN / "temporal"), "server", "start-dev", "--db-filename", str(db), "--ip", "127.0.0.1",
+            "--port", str(port), "--headless", "--log-level", "error", "--sqlite-pragma", "journal_mode=wal",
+            "--sqlite-pragma", "synchronous=normal", *dev_server_flags()]
+
+
+async def connect_when_up(address: str, within_s: float = 60.0) -> Client:
+    """A client of the dev server at `address`, once it answers (it takes a few seconds to start)."""
+    deadline = time.monotonic() + within_s
+    while True:
+        try:
+            return await Client.connect(address, data_converter=pydantic_data_converter)
+        except RuntimeError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.3)
+
+
 def cache_for(loans: int) -> int:
     """The worker's workflow cache for N loans: every guard and hedge, the feed and some room (an evicted
     workflow is replayed from its history on its next task)."""
@@ -165,20 +184,10 @@ class BenchStack:
 
     def start_temporal(self) -> subprocess.Popen:
         """The dev server on this stack's port and SQLite file (the same ones after a kill)."""
-        return self._start("temporal", [
-            str(BIN / "temporal"), "server", "start-dev", "--db-filename", str(self.dir / "t.db"), "--ip", "127.0.0.1",
-            "--port", str(self.grpc), "--headless", "--log-level", "error", "--sqlite-pragma", "journal_mode=wal",
-            "--sqlite-pragma", "synchronous=normal", *dev_server_flags()], {})
+        return self._start("temporal", dev_server_argv(self.dir / "t.db", self.grpc), {})
 
     async def connect(self, within_s: float = 60.0) -> Client:
-        deadline = time.monotonic() + within_s
-        while True:
-            try:
-                return await Client.connect(self.address, data_converter=pydantic_data_converter)
-            except RuntimeError:
-                if time.monotonic() > deadline:
-                    raise
-                await asyncio.sleep(0.3)
+        return await connect_when_up(self.address, within_s)
 
     async def start_worker(self) -> subprocess.Popen:
         """The worker subprocess; returns once it says it is ready."""

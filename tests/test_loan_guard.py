@@ -166,15 +166,12 @@ async def test_a_guard_at_rest_continues_as_new_and_still_hedges_the_next_fall(d
                          rest_continue_as_new_after=50)
     before = await wait_loan(handle, lambda v: v.ltv_pct is not None and v.price_source == "feed")
     first_run = handle.result_run_id
-    deadline = asyncio.get_running_loop().time() + 60
     for price in ("59000", "60500", "58500", "60000") * 10:  # moves inside SAFE: each wakes the guard
         sim.market.set_price("BTCUSDT", D(price))
         await asyncio.sleep(0.3)
         if (await handle.describe()).run_id != first_run:
             break
-        assert asyncio.get_running_loop().time() < deadline, "the guard at rest never continued as new"
-    described = await handle.describe()
-    assert described.run_id != first_run
+    assert (await handle.describe()).run_id != first_run, "the guard at rest never continued as new"
     history = await dev_env.client.get_workflow_handle(handle.id, run_id=first_run).fetch_history()
     assert history.events[-1].HasField("workflow_execution_continued_as_new_event_attributes")
     assert len(history.events) < 200  # at rest: not the 6,000-event limit of a busy run
