@@ -1,15 +1,19 @@
 """What a workflow run costs the worker's memory on this SDK, apart from anything hedgeguard does: N runs of a
-probe workflow that runs K no-op activities (a workflow task each) and then waits for a signal or completes, on a
-worker in its own process with its workflow cache at C; worker RSS before and after, per run.
+probe workflow that takes P patches (`workflow.patched`), runs K no-op activities (a workflow task each) and then
+waits for a signal or completes, on a worker in its own process with its workflow cache at C; worker RSS before and
+after, per run.
 
     .venv/bin/python -m bench.run_memory                      # 300 runs; 0 and 60 tasks; waiting, then completed
     .venv/bin/python -m bench.run_memory --runs 300 --tasks 60 --end complete
+    .venv/bin/python -m bench.run_memory --runs 600 --tasks 0 --end wait --patches 0 1 8
 
 Why it exists: a loan guard at rest costs the worker ~125 KiB while cached and its Python objects only ~30 KiB
 of that (bench/README.md, "Scale"). This shows where the rest comes from: the SDK keeps, per cached run, state
 that grows with the workflow tasks the run has processed, and gives it back when the run ends (completes or
-continues as new). The runs start in batches of 25 (an operator's enrolment pace), so memory a finished run frees
-can be reused by the next batch. One fresh dev server per configuration.
+continues as new); and each patch a run took costs ~8 KiB more (its marker and the TemporalChangeVersion
+search-attribute upsert sdk-core adds to it; workflows/common.py takes them as one set). The runs start in batches
+of 25 (an operator's enrolment pace), so memory a finished run frees can be reused by the next batch. One fresh dev
+server per configuration.
 """
 
 from __future__ import annotations
@@ -44,7 +48,9 @@ class RunMemoryProbe:
         self.released = False
 
     @workflow.run
-    async def run(self, tasks: int, complete: bool) -> None:
+    async def run(self, tasks: int, complete: bool, patches: int = 0) -> None:
+        for i in range(patches):
+            workflow.patched(f"probe-patch-{i}")
         for _ in range(tasks):
             await workflow.execute_activity(noop, start_to_close_timeout=timedelta(seconds=30))
         if complete:
@@ -65,7 +71,7 @@ async def serve(address: str, cache: int) -> None:
     await worker.run()
 
 
-async def measure(runs: int, tasks: int, complete: bool, cache: int) -> dict:
+async def measure(runs: int, tasks: int, complete: bool, cache: int, patches: int = 0) -> dict:
     port = free_port()
     address = f"127.0.0.1:{port}"
     with tempfile.TemporaryDirectory(prefix="hedgeguard-run-memory-") as tmp:
@@ -82,7 +88,7 @@ async def measure(runs: int, tasks: int, complete: bool, cache: int) -> dict:
             before = rss_mib(worker.pid)
             started = time.monotonic()
             for first in range(0, runs, BATCH):
-                await asyncio.gather(*(client.start_workflow(RunMemoryProbe.run, args=[tasks, complete], id=f"probe-{i}",
+                await asyncio.gather(*(client.start_workflow(RunMemoryProbe.run, args=[tasks, complete, patches], id=f"probe-{i}",
                                                              task_queue=QUEUE) for i in range(first, min(runs, first + BATCH))))
                 await _settled(client, first + BATCH if first + BATCH < runs else runs, complete)
                 print(f"  runs {min(runs, first + BATCH)}/{runs}, {time.monotonic() - started:.1f} s", end="\r",
@@ -95,7 +101,7 @@ async def measure(runs: int, tasks: int, complete: bool, cache: int) -> dict:
                 if proc is not None:
                     proc.terminate()
                     proc.wait(timeout=15)
-    return {"runs": runs, "tasks": tasks, "end": "complete" if complete else "wait", "cache": cache,
+    return {"runs": runs, "tasks": tasks, "patches": patches, "end": "complete" if complete else "wait", "cache": cache,
             "rss_before_mib": round(before, 1), "rss_after_mib": round(after, 1),
             "kib_per_run": round((after - before) * 1024 / runs, 1)}
 
@@ -117,18 +123,20 @@ def main() -> None:
     parser.add_argument("--tasks", type=int, nargs="+", default=[0, 60], help="activities (workflow tasks) per run")
     parser.add_argument("--end", nargs="+", choices=["wait", "complete"], default=["wait", "complete"])
     parser.add_argument("--cache", type=int, nargs="+", default=[5000], help="the worker's max_cached_workflows")
+    parser.add_argument("--patches", type=int, nargs="+", default=[0], help="patches each run takes")
     parser.add_argument("--serve", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
         asyncio.run(serve(args.serve, args.cache[0]))
         return
-    print(f"{'tasks/run':>9} {'end':>9} {'cache':>6} {'worker RSS MiB':>20} {'KiB a run':>10}")
+    print(f"{'tasks/run':>9} {'patches':>7} {'end':>9} {'cache':>6} {'worker RSS MiB':>20} {'KiB a run':>10}")
     for cache in args.cache:
         for end in args.end:
             for tasks in args.tasks:
-                r = asyncio.run(measure(args.runs, tasks, end == "complete", cache))
-                print(f"{tasks:>9} {end:>9} {cache:>6} {r['rss_before_mib']:>9} -> {r['rss_after_mib']:>7} "
-                      f"{r['kib_per_run']:>10}", flush=True)
+                for patches in args.patches:
+                    r = asyncio.run(measure(args.runs, tasks, end == "complete", cache, patches))
+                    print(f"{tasks:>9} {patches:>7} {end:>9} {cache:>6} {r['rss_before_mib']:>9} -> "
+                          f"{r['rss_after_mib']:>7} {r['kib_per_run']:>10}", flush=True)
 
 
 if __name__ == "__main__":

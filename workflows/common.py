@@ -1,5 +1,5 @@
 """What every long-running hedgeguard workflow does alike: raise an alert once per condition without
-waiting for its delivery, and continue as new when the history grows long."""
+waiting for its delivery, continue as new when the history grows long, and take its patches as one set."""
 
 from __future__ import annotations
 
@@ -20,6 +20,32 @@ LOCAL_RETRY_TIMER_FROM = timedelta(milliseconds=100)  # a local read's retry wai
 LOCAL_READ_ATTEMPTS = 10  # then the read fails to the workflow: ~65 s of back-off at 1 s doubling to 10 s
 ALERT_CALL = dict(start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=timedelta(hours=1))
 
+# sdk-core records every patch a run takes as a marker plus a TemporalChangeVersion search-attribute upsert, and the
+# worker holds ~8 KiB for each while the run is cached (`python -m bench.run_memory --patches 0 8`); a loan guard at
+# rest took five. A run that records PATCH_SET takes the new path of every patch it folds with that one marker. A
+# patch added later is taken on its own until a next set folds it; a run from before the set replays its own markers.
+PATCH_SET = "patch-set-2026-11"
+PATCH_SET_FOLDS = frozenset({
+    "local-reads", "operator-summaries",
+    "sync-before-closed", "idle-reconcile", "escalate-late-post-only-cancel", "sync-only-new-fills", "local-quote",
+    "replan-after-closed-order",
+    "reflex", "hedge-before-subscribe", "idle-hedge-check", "no-resubscribe-for-band", "hedge-on-demand",
+    "facts-at-check-interval", "pause-before-retarget", "rest-continue-as-new",
+})
+
+
+def take_patch_set(instance: Any) -> None:
+    """Call first in the workflow's `@workflow.init`: the set is decided in the run's first workflow task and nowhere
+    else, so a run from before it (replaying that task) never takes it halfway and switches paths."""
+    instance._patch_set = workflow.patched(PATCH_SET)
+
+
+def patched(patch_id: str) -> bool:
+    """`workflow.patched`, true without a marker of its own in a run that took the patch set."""
+    if patch_id in PATCH_SET_FOLDS and getattr(workflow.instance(), "_patch_set", False):
+        return True
+    return workflow.patched(patch_id)
+
 
 async def read(activity: str, arg: Any, *, result_type: Any = None, **call: Any) -> Any:
     """A venue or store read (or an idempotent write, like a leverage setting) the workflow waits for, run inside
@@ -28,7 +54,7 @@ async def read(activity: str, arg: Any, *, result_type: Any = None, **call: Any)
     "Scale"). Orders, cancels and money moves stay activities, each visible in the history. A run started before
     this replays them as activities (the patch). A failed attempt is retried after a durable timer, not a sleep
     inside the task: the workflow takes its signals (a pause) in between, and a test server skips the wait."""
-    if workflow.patched("local-reads"):
+    if patched("local-reads"):
         # a local activity's schedule-to-close runs on the worker's clock, not the workflow's: the attempts bound it
         policy = call.pop("retry_policy", None) or RetryPolicy()
         policy = dataclasses.replace(policy, maximum_attempts=policy.maximum_attempts or LOCAL_READ_ATTEMPTS)
@@ -60,7 +86,7 @@ def continue_as_new_due(limit: int) -> bool:
 def operator_summary(seq: int, key_prefix: str, title: str, text: str, *, book: str | None,
                      exposure_id: str | None) -> None:
     """An operator command told to people (once per command; the patch keeps older histories replaying)."""
-    if not workflow.patched("operator-summaries"):
+    if not patched("operator-summaries"):
         return
     workflow.start_activity("raise_alert", Alert(severity="INFO", category="action", key=f"{key_prefix}:operator:{seq}",
                                                  title=title, text=text, book=book, exposure_id=exposure_id), **ALERT_CALL)

@@ -28,7 +28,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.common import BOOK_SENDER, alert_once, continue_as_new_due, operator_summary, read
+from workflows.common import BOOK_SENDER, alert_once, continue_as_new_due, operator_summary, patched, read, take_patch_set
 
 with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
@@ -82,6 +82,7 @@ def client_order_id(hedge_id: str, seq: int, tag: str = "") -> str:
 class HedgeWorkflow:
     @workflow.init
     def __init__(self, inp: HedgeInput) -> None:
+        take_patch_set(self)
         self.inp = inp
         self.ref = HedgeRef(hedge_id=inp.hedge_id, venue=inp.venue, account=inp.account, symbol=inp.symbol)
         self.policy: OrderPolicy = inp.policy
@@ -250,7 +251,7 @@ class HedgeWorkflow:
     async def _flat_at_venue(self) -> bool:
         """A fill the hedge was not told of (a reflex the feed sent as the close began) is in the venue's list by
         now: a hedge is CLOSED only if its ledger is still flat after one more sync."""
-        if not workflow.patched("sync-before-closed"):
+        if not patched("sync-before-closed"):
             return True
         try:
             await self._sync()
@@ -319,7 +320,7 @@ class HedgeWorkflow:
 
     async def _sleep(self) -> None:
         now = workflow.now()
-        if self._idle() and workflow.patched("idle-reconcile"):
+        if self._idle() and patched("idle-reconcile"):
             idle_due = self.reconciled_at + timedelta(seconds=self.policy.idle_reconcile_every_s)
             self.next_reconcile = max(self.next_reconcile, idle_due)
         timers = [("reconcile", self.next_reconcile)]
@@ -414,7 +415,7 @@ class HedgeWorkflow:
         if state is not None and filled >= order.qty:
             self.step = start_step(self.urgency, self._kinds())  # a full fill: the next order starts afresh
         elif (state is not None and state.reject_reason == RejectReason.POST_ONLY_WOULD_CROSS
-              and workflow.patched("escalate-late-post-only-cancel")):
+              and patched("escalate-late-post-only-cancel")):
             self._escalate()  # cancelled for crossing: move on a rung
             self.wake = True
         elif self.policy.ladder[min(order.step, len(self.policy.ladder) - 1)].kind == StepKind.IOC:
@@ -425,7 +426,7 @@ class HedgeWorkflow:
         has nothing to bring in: at a band crossing every hedge of a book replaces its passive orders every
         `replace_after_s`, and a sync after each unfilled cancel was an activity and a workflow task for nothing,
         on a server the other loans wait for. Funding and liquidations come in with the reconcile."""
-        if final is not None and final.filled == order.filled and workflow.patched("sync-only-new-fills"):
+        if final is not None and final.filled == order.filled and patched("sync-only-new-fills"):
             return
         filled = final.filled if final is not None else order.filled
         await self._sync(expect={order.client_order_id: filled} if filled > 0 else {})
@@ -444,7 +445,7 @@ class HedgeWorkflow:
             self.blocked = None
             return
         quote: QuoteFacts
-        if workflow.patched("local-quote"):
+        if patched("local-quote"):
             # a read, run in this workflow task: no round trip through the server before the order goes out
             quote = await workflow.execute_local_activity("hedge_quote", MarketRequest(ref=self.ref),
                                                           result_type=QuoteFacts, **VENUE_CALL)
@@ -490,7 +491,7 @@ class HedgeWorkflow:
                                     replace_at=placed_at + timedelta(seconds=self.policy.replace_after_s))
         if not outcome.order.status.is_open:
             await self._order_done(outcome.order)
-            if workflow.patched("replan-after-closed-order"):  # runs from before this change keep their timers
+            if patched("replan-after-closed-order"):  # runs from before this change keep their timers
                 self.wake = True  # closed on arrival: look at what is left now, not at the next timer
         elif outcome.order.filled > 0:
             await self._sync(expect={cid: outcome.order.filled})

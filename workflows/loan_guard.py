@@ -28,7 +28,16 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 
-from workflows.common import ALERT_CALL, BOOK_SENDER, alert_once, continue_as_new_due, operator_summary, read
+from workflows.common import (
+    ALERT_CALL,
+    BOOK_SENDER,
+    alert_once,
+    continue_as_new_due,
+    operator_summary,
+    patched,
+    read,
+    take_patch_set,
+)
 from workflows.hedge import client_order_id
 
 with workflow.unsafe.imports_passed_through():
@@ -95,6 +104,7 @@ def summary_line(loan_id: str, ltv: Decimal | None, band: Band, short_btc: Decim
 class LoanGuardWorkflow:
     @workflow.init
     def __init__(self, inp: LoanGuardInput) -> None:
+        take_patch_set(self)
         self.inp = inp
         self.ref = LoanRef(loan_id=inp.loan_id, venue=inp.venue, account=inp.account, symbol=inp.symbol)
         self.cfg: BandSettings = inp.bands
@@ -275,7 +285,7 @@ class LoanGuardWorkflow:
                 try:
                     await self._step(now)
                     if (self.subscribed is not None and self.tick is not None and self.collateral > 0
-                            and workflow.patched("reflex")):
+                            and patched("reflex")):
                         await self._subscribe()  # the step moved the hedge on (realising, a treasury move): re-arm
                 except ActivityError as err:
                     cause = err.cause.message if isinstance(err.cause, ApplicationError) else str(err.cause or err)
@@ -305,7 +315,7 @@ class LoanGuardWorkflow:
             return
         if self.collateral > 0:
             self._evaluate()
-            if workflow.patched("hedge-before-subscribe"):
+            if patched("hedge-before-subscribe"):
                 await self._steer_hedge()  # a band change reaches the hedge before the feed hears of it
             if not self.hedge_started and not self.leverage_set and self._on_demand():
                 await self._set_leverage()  # the reflex may open this hedge: its leverage is set before it is armed
@@ -320,7 +330,7 @@ class LoanGuardWorkflow:
             if hedged:
                 every = t.hedge_check_s
             else:  # a flat hedge wanting nothing has nothing to report: read it rarely
-                every = t.idle_hedge_check_s if workflow.patched("idle-hedge-check") else t.sync_every_s
+                every = t.idle_hedge_check_s if patched("idle-hedge-check") else t.sync_every_s
             self.next_facts = workflow.now() + timedelta(seconds=every)
             if self.closing_hedge and self.facts.status == HedgeStatus.CLOSED:
                 self._hedge_ended("closed")
@@ -402,7 +412,7 @@ class LoanGuardWorkflow:
         ioc = next((step for step in reversed(self.inp.hedge_policy.ladder) if step.kind == StepKind.IOC), None)
         # the short the hedge was asked for; a hedge not opened yet was asked for none, and its reflex opens it
         base = self.sent_target if self.hedge_started else ZERO if self.leverage_set else None
-        if (not workflow.patched("reflex") or ioc is None or base is None or self.hedge_closed
+        if (not patched("reflex") or ioc is None or base is None or self.hedge_closed
                 or self.closing_hedge or self.paused or self.unenrolling or self.realising is not None
                 or self.band >= Band.CRITICAL or self.collateral <= 0):
             wanted = None
@@ -450,7 +460,7 @@ class LoanGuardWorkflow:
         if (sub == self.subscribed and not disarming) or (self.unenrolling and not disarming):
             return
         if (self.subscribed is not None and sub.model_copy(update={"band": self.subscribed.band}) == self.subscribed
-                and not disarming and workflow.patched("no-resubscribe-for-band")):
+                and not disarming and patched("no-resubscribe-for-band")):
             return  # only the band moved: the feed told us of it and anchors on what it told
         if sub.reflex is not None:
             self.feed_reflex = sub.reflex.client_order_id
@@ -480,7 +490,7 @@ class LoanGuardWorkflow:
     def _on_demand(self) -> bool:
         """A loan's hedge workflow opens when the loan first needs a short, or when a reflex was sent for it, not
         at enrolment: a loan at rest is one workflow, not two (bench/README.md, scale)."""
-        return workflow.patched("hedge-on-demand")
+        return patched("hedge-on-demand")
 
     def _hedge_owed(self) -> bool:
         """A reflex went out for a hedge not opened yet: that hedge must open and book it, whatever else holds."""
@@ -526,7 +536,7 @@ class LoanGuardWorkflow:
             self.sent_target, self.sent_urgency = target, urgency
             # read the hedge at its usual interval: a read 1 s after every retarget rarely saw a fill yet, and a
             # thousand loans retargeted by one tick spent the dev server on those reads (bench.latency)
-            soon = self.inp.timing.hedge_check_s if workflow.patched("facts-at-check-interval") else 1
+            soon = self.inp.timing.hedge_check_s if patched("facts-at-check-interval") else 1
             self.next_facts = workflow.now() + timedelta(seconds=soon)
 
     async def _set_leverage(self) -> None:
@@ -555,7 +565,7 @@ class LoanGuardWorkflow:
             self.reflex_report = [cid for cid in self.reflex_report if cid not in reflexes]
         self.hedge_started, self.sent_target, self.sent_urgency = True, target, urgency
         self.hedge_paused_sent = False
-        if self.paused and workflow.patched("pause-before-retarget"):
+        if self.paused and patched("pause-before-retarget"):
             # a paused guard's new hedge must hold its target, not trade on it before the pause arrives
             await self._signal_hedge("pause", f"{BOOK_SENDER} {self.inp.loan_id}")
             self.hedge_paused_sent = True
@@ -784,7 +794,7 @@ class LoanGuardWorkflow:
             return True
         rest_limit = self.inp.rest_continue_as_new_after or REST_CONTINUE_AS_NEW_AFTER
         return (self._at_rest() and workflow.info().get_current_history_length() >= rest_limit
-                and workflow.patched("rest-continue-as-new"))
+                and patched("rest-continue-as-new"))
 
     def _at_rest(self) -> bool:
         """SAFE with nothing in flight: a new run costs the loan nothing now, and frees what this one holds."""
