@@ -28,7 +28,7 @@ from temporalio import activity
 from temporalio.client import WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from activities.reflex import ReflexQuote, crossed, reflex_order, send_reflex
+from activities.reflex import REFLEXES_IN_FLIGHT, ReflexQuote, crossed, reflex_order, send_reflex
 from activities.venues import VenuePool
 from models.loan_guard import FeedSubscription, FeedSubscriptions, FeedWatch, PriceTick, loan_workflow_id
 from risk.loan import Band, band_for, ltv_pct
@@ -136,6 +136,7 @@ async def read_subscriptions(own: WorkflowHandle, version: int) -> FeedSubscript
 class FeedActivities:
     def __init__(self, venues: VenuePool) -> None:
         self.venues = venues
+        self.reflex_slots = asyncio.Semaphore(REFLEXES_IN_FLIGHT)  # shared by the shards' streams in this worker
 
     @activity.defn(name="feed_watch")
     async def watch(self, req: FeedWatch) -> str:
@@ -214,7 +215,7 @@ class FeedActivities:
                             version = current.version
                             apply_subscriptions(subs, current, sent)
                         woken = revalue(woken, subs, tick, sent, now)
-                        told_reflex = await self._fire_reflexes(woken, tick, quote, market, fired, gate)
+                        told_reflex = await self._fire_reflexes(woken, tick, quote, market, fired)
                 for sub, told in woken:  # a crossing the reflex sat out (no quote, no read, a refusal) spends it too:
                     if crossed(sub, told.band):  # the guard reports it spent
                         fired.add(sub.reflex.client_order_id)
@@ -233,8 +234,7 @@ class FeedActivities:
         return f"rotated after {req.rotate_after_s} s, {signals} signals sent"
 
     async def _fire_reflexes(self, woken: list[tuple[FeedSubscription, Sent]], tick: PriceTick,
-                             quote: ReflexQuote | None, market, fired: set[str],
-                             gate: asyncio.Semaphore) -> dict[str, PriceTick]:
+                             quote: ReflexQuote | None, market, fired: set[str]) -> dict[str, PriceTick]:
         """Send the armed orders this tick fires, all before any loan is signalled; for each one tried, the tick
         to signal its loan, naming the order (the guard hands it to the hedge, which looks it up)."""
         due = []
@@ -247,6 +247,6 @@ class FeedActivities:
                 fired.add(order.client_order_id)
         if not due:
             return {}
-        await asyncio.gather(*(send_reflex(self.venues, sub, order, gate) for sub, order in due))
+        await asyncio.gather(*(send_reflex(self.venues, sub, order, self.reflex_slots) for sub, order in due))
         return {sub.loan_id: tick.model_copy(update={"reflex": order.client_order_id, "reflex_hedge": sub.reflex.hedge_id})
                 for sub, order in due if sub.reflex is not None}

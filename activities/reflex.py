@@ -27,6 +27,11 @@ from risk.pricing import Quote, StepKind, price_order, round_down_to_step, withi
 
 log = logging.getLogger("hedgeguard.reflex")
 REFLEX_TIMEOUT_S = 3.0  # a venue this slow gets no wait: the signals to the loans go out, the hedges follow up
+# in flight at once from all feed shards of the worker together, under the venue clients' shared connection pool
+# (activities.venues.CONNECTIONS): a reflex waits for its turn before its timeout starts, so the timeout measures the
+# venue. Sixteen shards each sending 64 at once queued ~1,000 requests for 100 connections inside the timeout, and at
+# 10,000 loans some hundreds of reflexes gave up waiting for a connection and went out late through their hedges.
+REFLEXES_IN_FLIGHT = 64
 
 
 @dataclass(frozen=True)
@@ -65,10 +70,11 @@ def reflex_order(sub: FeedSubscription, band: Band, quote: ReflexQuote | None, m
                         type=OrderType.LIMIT, price=priced.price, time_in_force=TimeInForce.IOC, reduce_only=False)
 
 
-async def send_reflex(venues: VenuePool, sub: FeedSubscription, order: OrderRequest, gate: asyncio.Semaphore) -> bool:
-    """Send one reflex order; False when it did not reach the venue for sure (refused, failed or slow). Either way
-    the hedge looks the id up before it trades, so a reflex that half-happened is found, not repeated."""
-    async with gate:
+async def send_reflex(venues: VenuePool, sub: FeedSubscription, order: OrderRequest, slots: asyncio.Semaphore) -> bool:
+    """Send one reflex order once one of the worker's reflex `slots` is free; False when it did not reach the venue
+    for sure (refused, failed or slow). Either way the hedge looks the id up before it trades, so a reflex that
+    half-happened is found, not repeated."""
+    async with slots:
         try:
             venue = await venues.get(sub.venue, sub.account)
             sent = await asyncio.wait_for(venue.submit_order(order), timeout=REFLEX_TIMEOUT_S)
