@@ -80,7 +80,7 @@ async def send_reflex(venues: VenuePool, sub: FeedSubscription, order: OrderRequ
             sent = await asyncio.wait_for(venue.submit_order(order), timeout=REFLEX_TIMEOUT_S)
         except (VenueError, TimeoutError) as exc:
             log.warning("reflex %s for loan %s not sent: %s", order.client_order_id, sub.loan_id,
-                        exc or "no answer in time")
+                        str(exc) or f"no answer in {REFLEX_TIMEOUT_S:.0f} s")
             return False
         except Exception:  # a fault here must not cost the feed its stream: the guards still hear of the tick
             log.exception("reflex %s for loan %s failed", order.client_order_id, sub.loan_id)
