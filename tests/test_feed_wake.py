@@ -52,6 +52,16 @@ def test_a_new_subscription_resets_the_anchor_and_a_gone_loan_is_forgotten():
     assert sent["L-1"].band == Band.SAFE and "L-2" not in sent
 
 
+def test_a_new_stream_attempt_keeps_what_the_loans_were_told_and_forgets_the_loans_gone():
+    """The worker keeps each shard's marks across stream attempts: a restart does not wake every guard again."""
+    sent = {"L-1": Sent(band=Band.SAFE, ltv=D(40), at=1.0), "L-2": Sent(band=Band.SAFE, ltv=D(40), at=1.0)}
+    subs: dict = {}  # a new attempt starts with no list and reads the whole of it
+    apply_subscriptions(subs, FeedSubscriptions(version=9, subscriptions=[sub(Band.SAFE)]), sent)
+    assert list(subs) == ["L-1"] and list(sent) == ["L-1"]  # L-2 left while no attempt was listening
+    due, band, _ = wake_due(subs["L-1"], tick("60000"), sent["L-1"], now=2.0)
+    assert (due, band) == (False, Band.SAFE)  # told a moment ago, nothing moved: no signal
+
+
 def test_a_delta_patches_the_list_and_leaves_the_unchanged_loans_and_their_anchors_alone():
     subs = {f"L-{i}": sub(loan_id=f"L-{i}") for i in range(1, 4)}
     sent = {loan: Sent(band=Band.CAUTION, ltv=D("45.5"), at=1.0) for loan in subs}
