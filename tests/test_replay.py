@@ -43,6 +43,18 @@ async def test_recorded_histories_replay(workflow, runner):
         assert failure is None, f"{path.name}: {failure}"
 
 
+def test_the_recorded_patch_set_still_folds_what_it_folded():
+    """Runs that recorded PATCH_SET took the new path of exactly these patches: a patch added to the set later would
+    flip a path under them halfway through a replay. A new fold is a new set id."""
+    from workflows.common import PATCH_SET, PATCH_SET_FOLDS
+
+    assert (PATCH_SET, PATCH_SET_FOLDS) == ("patch-set-2026-11", frozenset({
+        "local-reads", "operator-summaries", "sync-before-closed", "idle-reconcile", "escalate-late-post-only-cancel",
+        "sync-only-new-fills", "local-quote", "replan-after-closed-order", "reflex", "hedge-before-subscribe",
+        "idle-hedge-check", "no-resubscribe-for-band", "hedge-on-demand", "facts-at-check-interval",
+        "pause-before-retarget", "rest-continue-as-new"}))
+
+
 class LaggingClock(UnsandboxedWorkflowRunner):
     """Replays as sdk-core ran a cached run whose task came off the normal queue while a query was answered:
     the activations at the given history lengths see the previous activation's time (workflows/clock_guard.py)."""

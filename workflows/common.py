@@ -23,7 +23,8 @@ ALERT_CALL = dict(start_to_close_timeout=timedelta(seconds=30), schedule_to_clos
 # sdk-core records every patch a run takes as a marker plus a TemporalChangeVersion search-attribute upsert, and the
 # worker holds ~8 KiB for each while the run is cached (`python -m bench.run_memory --patches 0 8`); a loan guard at
 # rest took five. A run that records PATCH_SET takes the new path of every patch it folds with that one marker. A
-# patch added later is taken on its own until a next set folds it; a run from before the set replays its own markers.
+# patch added later is taken on its own until a next set (a new id) folds it; a run from before the set replays its own
+# markers. Never change a set that runs have recorded: they would replay with paths they did not take.
 PATCH_SET = "patch-set-2026-11"
 PATCH_SET_FOLDS = frozenset({
     "local-reads", "operator-summaries",
