@@ -42,7 +42,6 @@ import argparse
 import asyncio
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -169,9 +168,9 @@ class ScaleStack(BenchStack):
     def __init__(self, *, max_cached: int, **kwargs: Any) -> None:
         super().__init__(worker_env={"HEDGEGUARD_MAX_CACHED_WORKFLOWS": str(max_cached)}, **kwargs)
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, exc_type, *exc) -> None:
         print("\n  stopping the worker, the dev server and the simulator (up to ~30 s)", file=sys.stderr, flush=True)
-        await super().__aexit__(*exc)
+        await super().__aexit__(exc_type, *exc)
 
 
 def worker_alive(stack: BenchStack) -> None:
@@ -303,52 +302,46 @@ async def measure(n: int, *, timeout_s: float, rest_s: float = 15.0, stall_s: fl
     max_cached = max_cached or cache_for(n)
     print(f"{n} loans: starting a fresh stack (dev server, worker with max_cached_workflows={max_cached}, simulator)",
           file=sys.stderr, flush=True)
-    stack = ScaleStack(price=START_PRICE, max_cached=max_cached)
-    try:
-        async with stack:
-            assert stack.sim is not None
-            with Usage(stack) as usage:
-                usage.phase("accounts")
-                t = time.monotonic()
-                accounts = await open_accounts(stack, n)
-                accounts_s = time.monotonic() - t
-                usage.phase("enrol")
-                enrol_started = time.monotonic()
-                enrolled = Enrolled()
-                watch = asyncio.create_task(wait_subscribed(
-                    stack, {f"SC-{i:05d}" for i in range(n)}, since=enrol_started,
-                    within_s=enrol_within_s if enrol_within_s is not None else max(timeout_s, n * 0.5),
-                    stall_s=stall_s, enrolled=enrolled))
-                try:
-                    start_s = await start_guards(stack, accounts, window=window, enrolled=enrolled)
-                    subscribed, enrol_s = await watch
-                finally:  # interrupted: no progress lines over the teardown's
-                    watch.cancel()
-                usage.phase("rest")
-                rest = Progress("at rest (s)", int(rest_s), unit="")
-                while (waited := time.monotonic() - rest.started) < rest_s:
-                    rest.show(int(waited))
-                    await asyncio.sleep(0.5)
-                rest.end(int(rest_s))
-                worker_rest, server_rest = usage.rss("worker"), usage.rss("server")
-                usage.phase("hedge")
-                tail = CallTail(stack)
-                t0_ms = time.time() * 1000
-                stack.sim.market.set_price("BTCUSDT", CAUTION_PRICE)
-                # a guard never started sends no order: wait for those started
-                first = await wait_hedged(stack, tail, set(enrolled.started), t0_ms, timeout_s=timeout_s)
-                usage.rss("worker")
-                usage.phase(None)
-            db = sum(f.stat().st_size for f in stack.dir.glob("t.db*"))
-            figures = figures_of(n, first, started=len(enrolled.started), subscribed=subscribed, enrol_s=enrol_s, start_s=start_s,
-                                 accounts_s=accounts_s,
-                                 worker_rest=worker_rest, server_rest=server_rest, usage=usage, db_bytes=db,
-                                 calls_lost=tail.lost, max_cached=max_cached)
-    finally:
-        if keep:
-            print(f"  stack folder kept: {stack.dir}", file=sys.stderr)
-        else:
-            shutil.rmtree(stack.dir, ignore_errors=True)
+    stack = ScaleStack(price=START_PRICE, max_cached=max_cached, keep=keep)
+    async with stack:
+        assert stack.sim is not None
+        with Usage(stack) as usage:
+            usage.phase("accounts")
+            t = time.monotonic()
+            accounts = await open_accounts(stack, n)
+            accounts_s = time.monotonic() - t
+            usage.phase("enrol")
+            enrol_started = time.monotonic()
+            enrolled = Enrolled()
+            watch = asyncio.create_task(wait_subscribed(
+                stack, {f"SC-{i:05d}" for i in range(n)}, since=enrol_started,
+                within_s=enrol_within_s if enrol_within_s is not None else max(timeout_s, n * 0.5),
+                stall_s=stall_s, enrolled=enrolled))
+            try:
+                start_s = await start_guards(stack, accounts, window=window, enrolled=enrolled)
+                subscribed, enrol_s = await watch
+            finally:  # interrupted: no progress lines over the teardown's
+                watch.cancel()
+            usage.phase("rest")
+            rest = Progress("at rest (s)", int(rest_s), unit="")
+            while (waited := time.monotonic() - rest.started) < rest_s:
+                rest.show(int(waited))
+                await asyncio.sleep(0.5)
+            rest.end(int(rest_s))
+            worker_rest, server_rest = usage.rss("worker"), usage.rss("server")
+            usage.phase("hedge")
+            tail = CallTail(stack)
+            t0_ms = time.time() * 1000
+            stack.sim.market.set_price("BTCUSDT", CAUTION_PRICE)
+            # a guard never started sends no order: wait for those started
+            first = await wait_hedged(stack, tail, set(enrolled.started), t0_ms, timeout_s=timeout_s)
+            usage.rss("worker")
+            usage.phase(None)
+        db = sum(f.stat().st_size for f in stack.dir.glob("t.db*"))
+        figures = figures_of(n, first, started=len(enrolled.started), subscribed=subscribed, enrol_s=enrol_s, start_s=start_s,
+                             accounts_s=accounts_s,
+                             worker_rest=worker_rest, server_rest=server_rest, usage=usage, db_bytes=db,
+                             calls_lost=tail.lost, max_cached=max_cached)
     return figures
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -148,8 +149,10 @@ class FeedRoster:
 
 
 class BenchStack:
-    def __init__(self, *, price: Decimal, worker_env: dict[str, str] | None = None, chat: bool = False) -> None:
+    def __init__(self, *, price: Decimal, worker_env: dict[str, str] | None = None, chat: bool = False,
+                 keep: bool = False) -> None:
         self.price = price
+        self.keep = keep  # the folder (logs, SQLite files) stays after a clean exit too; after a failure it always does
         self.worker_env = worker_env or {}
         self.chat = chat
         self.dir = Path(tempfile.mkdtemp(prefix="hedgeguard-bench-"))
@@ -218,7 +221,7 @@ class BenchStack:
     def rss(self, name: str) -> float:
         return rss_mib(self.procs[name].pid)
 
-    async def __aexit__(self, *exc) -> None:
+    async def __aexit__(self, exc_type, *exc) -> None:
         for name in ("worker", "temporal"):
             proc = self.procs.get(name)
             if proc is not None and proc.poll() is None:
@@ -229,3 +232,7 @@ class BenchStack:
                     os.killpg(proc.pid, signal.SIGKILL)
         if self.sim is not None:
             await self.sim.stop()
+        if self.keep or exc_type is not None:
+            print(f"  stack folder kept: {self.dir}", file=sys.stderr, flush=True)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
