@@ -210,6 +210,8 @@ class LoanCarry(BaseModel):
     subscribed: FeedSubscription | None = None
     feed_reflex: str | None = None
     leverage_set: bool = False
+    # the hedge's figures as last read, shown by the next run's view until it reads its own (never acted on)
+    shown_facts: HedgeFacts | None = None
 
 
 

@@ -11,7 +11,7 @@ from decimal import Decimal as D
 import pytest
 
 from models.hedge import HedgeView, LadderStep, OrderPolicy
-from models.loan_guard import feed_shard, feed_workflow_id
+from models.loan_guard import LoanGuardInput, feed_shard, feed_workflow_id
 from risk.pricing import StepKind
 from risk.pricing import round_down_to_step as lots
 from tests.loan_helpers import (
@@ -26,6 +26,7 @@ from tests.loan_helpers import (
 )
 from workflows.common import PATCH_SET
 from workflows.hedge import HedgeWorkflow
+from workflows.loan_guard import LoanGuardWorkflow
 
 FAST_HEDGE = OrderPolicy(replace_after_s=5, fill_check_s=1, reconcile_every_s=30)
 # for tests of what the guard decides, not of how its hedge trades (test_hedge_workflow, the fall below and the crash
@@ -197,3 +198,44 @@ async def test_a_guard_at_rest_continues_as_new_and_still_hedges_the_next_fall(d
     view = await wait_loan(handle, lambda v: v.band == "CAUTION" and v.hedge_current_btc == v.hedge_target_btc > 0,
                            within_s=60)
     assert view.hedge_id == before.hedge_id
+
+
+async def test_a_continued_run_shows_the_last_ltv_and_hedge_costs_while_its_loan_reads_fail(dev_env, loan_worker, sim,
+                                                                                             paper_settings):
+    """A run continued as new starts from the last run's figures. Until it has read the loan itself (the venue's
+    loan endpoints failing here) its view shows the LTV those figures give and the hedge as last read: not an
+    unknown LTV and no costs, which is what an operator saw in the gap (the CI failure at 99e7bdd)."""
+    await open_loan(sim, paper_settings, "carried", "1", "24000")
+    handle = await enrol(dev_env.client, loan_worker, "CARRY-1", "carried", hedge_policy=TAKER_HEDGE,
+                         rest_continue_as_new_after=50)
+    await wait_loan(handle, lambda v: v.ltv_pct is not None and v.price_source == "feed")
+    sim.market.set_price("BTCUSDT", D("52700"))  # CAUTION: a hedge opens, then closes on the way back to SAFE
+    await wait_loan(handle, lambda v: settled("CAUTION")(v) and v.hedge_current_btc > 0, within_s=60)
+    sim.market.set_price("BTCUSDT", D("65000"))  # LTV 36.9: under the 38 % SAFE needs, over the 35 % repay line
+    hedged = await wait_loan(handle, lambda v: settled("SAFE")(v) and v.hedge_fees_usdt > 0, within_s=60)
+    first_run = (await handle.describe()).run_id
+    for price in ("59000", "60500", "58500", "60000") * 20:  # moves inside SAFE: each wakes the guard
+        sim.market.set_price("BTCUSDT", D(price))
+        await asyncio.sleep(0.3)
+        if (await handle.describe()).run_id != first_run:
+            break
+    history = await dev_env.client.get_workflow_handle(handle.id, run_id=first_run).fetch_history()
+    continued = history.events[-1].workflow_execution_continued_as_new_event_attributes
+    assert continued.HasField("input"), "the guard at rest never continued as new"
+    [carried] = await dev_env.client.data_converter.decode(continued.input.payloads, [LoanGuardInput])
+    assert carried.carry is not None and carried.carry.price is not None
+    # the same continued run again, its loan reads refused from the start
+    await handle.terminate("test: start the continued run again with the venue failing")
+    sim.faults.add("bybit", "http500", count=10_000, path="/v5/crypto-loan")
+    again = await dev_env.client.start_workflow(LoanGuardWorkflow.run, carried, id=handle.id, task_queue=loan_worker)
+    view = await wait_loan(again, lambda v: True)
+    c = carried.carry
+    expected = c.principal + c.interest
+    expected = expected / (c.collateral_btc * min(c.price.last, c.price.index)) * 100
+    assert view.ltv_pct is not None and abs(view.ltv_pct - expected) < D("0.01"), (view.ltv_pct, expected)
+    assert view.summary.startswith(f"loan CARRY-1 · LTV {view.ltv_pct:.1f} % · SAFE"), view.summary
+    assert view.hedge_fees_usdt == hedged.hedge_fees_usdt > 0 and view.hedge_id == hedged.hedge_id
+    assert [c for c in sim.calls.query("bybit", "/v5/crypto-loan") if c.get("status") == 500], "no loan read refused"
+    sim.faults.clear()  # the venue answers again: the run reads and evaluates its own figures
+    sim.market.set_price("BTCUSDT", D("52700"))
+    await wait_loan(again, lambda v: settled("CAUTION")(v) and v.hedge_current_btc > 0, within_s=60)

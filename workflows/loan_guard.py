@@ -141,6 +141,7 @@ class LoanGuardWorkflow:
         self.next_poll: datetime | None = None
         self.next_sync: datetime | None = None
         self.facts: HedgeFacts | None = None
+        self.shown_facts: HedgeFacts | None = c.shown_facts if c else None  # the last run's, for the view only
         self.next_facts: datetime | None = None
         self.hedge_paused_sent = c.hedge_paused_sent if c and c.hedge_paused_sent is not None else self.paused
         self.pending: PendingMove | None = c.pending if c else None
@@ -239,12 +240,20 @@ class LoanGuardWorkflow:
         except ValueError as exc:
             raise ApplicationError(f"bands refused, nothing changed: {exc}") from None
 
+    def _shown_ltv(self) -> Decimal | None:
+        """The LTV evaluated last; a run continued as new shows the one its carried figures give until it evaluates
+        its own (the figures are the last run's, so it is the same LTV), not none."""
+        if self.ltv is not None or self.collateral <= 0 or self.tick is None:
+            return self.ltv
+        return ltv_pct(self.principal + self.interest, self.collateral, self.tick.last, self.tick.index)
+
     @workflow.query
     def state(self) -> LoanView:
-        facts = self.facts
+        facts = self.facts or self.shown_facts
         current = -facts.size if facts else ZERO
+        ltv = self._shown_ltv()
         return LoanView(
-            loan_id=self.inp.loan_id, venue=self.inp.venue, account=self.inp.account, ltv_pct=self.ltv,
+            loan_id=self.inp.loan_id, venue=self.inp.venue, account=self.inp.account, ltv_pct=ltv,
             band=self.band.name, max_ltv_pct=self.max_ltv, debt_usdt=self.principal + self.interest,
             principal_usdt=self.principal, interest_usdt=self.interest, collateral_btc=self.collateral,
             price=risk_price(self.tick.last, self.tick.index) if self.tick else None,
@@ -263,7 +272,7 @@ class LoanGuardWorkflow:
             last_treasury=self.last_treasury, treasury_actions=self.treasury_seq, paused=self.paused,
             hedge_closed=self.hedge_closed, hedge_started=self.hedge_started, unenrolling=self.unenrolling, bands=self.cfg,
             always_repay=self.inp.always_repay, next_sync_at=self.next_sync,
-            summary=summary_line(self.inp.loan_id, self.ltv, self.band, current),
+            summary=summary_line(self.inp.loan_id, ltv, self.band, current),
             reflex_armed=self.feed_reflex)
 
     # -- the loop -------------------------------------------------------------------------------
@@ -814,7 +823,8 @@ class LoanGuardWorkflow:
                          realised_btc=self.realised_btc, realised_notional=self.realised_notional,
                          hedge_paused_sent=self.hedge_paused_sent, pending=self.pending, reflex_seq=self.reflex_seq,
                          armed=self.armed, reflex_report=self.reflex_report, subscribed=self.subscribed,
-                         feed_reflex=self.feed_reflex, leverage_set=self.leverage_set)
+                         feed_reflex=self.feed_reflex, leverage_set=self.leverage_set,
+                         shown_facts=self.facts or self.shown_facts)
 
     def _alert(self, severity: str, kind: str, title: str, text: str, *, topic: str | None = None,
                figure: Decimal | None = None, unit: str = "", category: str = "alert") -> None:
