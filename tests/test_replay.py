@@ -95,8 +95,9 @@ async def test_the_chaos_run_guard_history_split_across_a_forced_task_does_not_r
     passed when run again): task 297 recorded the price read (local activity 36) and ended with a new task forced
     (301, "request-from-RespondWorkflowTaskCompleted"), whose completion recorded the hedge read (37) the code had
     asked for right after the price. Live it ran; replayed after the next worker kill, sdk-core refuses it, the guard
-    is stuck and the chaos run times out. The split is sdk-core's own doing (no signal, query refusal or lagging clock
-    in between, and no single lagging activation replays it); kept here so an SDK that replays it shows up."""
+    is stuck and the chaos run times out. The split is sdk-core's: it answered the chaos run's status query while the
+    price read's result waited, forcing a new task that delivered the result 13 ms later than any replay does
+    (bench/README, Chaos). Kept here so an SDK that replays it shows up."""
     path = HISTORIES / "known-bad" / "LoanGuardWorkflow-chaos-local-activity-37.json"
     failure = await replay_failure(path, UnsandboxedWorkflowRunner())
     assert failure is not None and "Missing associated machine for LocalActivity(37)" in str(failure)
