@@ -235,7 +235,8 @@ async def test_a_continued_run_shows_the_last_ltv_and_hedge_costs_while_its_loan
     assert view.ltv_pct is not None and abs(view.ltv_pct - expected) < D("0.01"), (view.ltv_pct, expected)
     assert view.summary.startswith(f"loan CARRY-1 · LTV {view.ltv_pct:.1f} % · SAFE"), view.summary
     assert view.hedge_fees_usdt == hedged.hedge_fees_usdt > 0 and view.hedge_id == hedged.hedge_id
-    assert [c for c in sim.calls.query("bybit", "/v5/crypto-loan") if c.get("status") == 500], "no loan read refused"
+    assert [call for call in sim.calls.query("bybit", "/v5/crypto-loan") if call.get("status") == 500], \
+        "no loan read refused"
     sim.faults.clear()  # the venue answers again: the run reads and evaluates its own figures
     sim.market.set_price("BTCUSDT", D("52700"))
     await wait_loan(again, lambda v: settled("CAUTION")(v) and v.hedge_current_btc > 0, within_s=60)

@@ -240,6 +240,10 @@ class LoanGuardWorkflow:
         except ValueError as exc:
             raise ApplicationError(f"bands refused, nothing changed: {exc}") from None
 
+    def _last_facts(self) -> HedgeFacts | None:
+        """This run's hedge figures, or the last run's until this one has read them (for the view, never acted on)."""
+        return self.facts or self.shown_facts
+
     def _shown_ltv(self) -> Decimal | None:
         """The LTV evaluated last; a run continued as new shows the one its carried figures give until it evaluates
         its own (the figures are the last run's, so it is the same LTV), not none."""
@@ -249,7 +253,7 @@ class LoanGuardWorkflow:
 
     @workflow.query
     def state(self) -> LoanView:
-        facts = self.facts or self.shown_facts
+        facts = self._last_facts()
         current = -facts.size if facts else ZERO
         ltv = self._shown_ltv()
         return LoanView(
@@ -824,7 +828,7 @@ class LoanGuardWorkflow:
                          hedge_paused_sent=self.hedge_paused_sent, pending=self.pending, reflex_seq=self.reflex_seq,
                          armed=self.armed, reflex_report=self.reflex_report, subscribed=self.subscribed,
                          feed_reflex=self.feed_reflex, leverage_set=self.leverage_set,
-                         shown_facts=self.facts or self.shown_facts)
+                         shown_facts=self._last_facts())
 
     def _alert(self, severity: str, kind: str, title: str, text: str, *, topic: str | None = None,
                figure: Decimal | None = None, unit: str = "", category: str = "alert") -> None:
