@@ -95,15 +95,22 @@ def cpu_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
-def runnable_wait_s(pid: int) -> float:
-    """Seconds the process's live threads spent runnable but waiting for a core (schedstat): CPU starvation."""
-    total = 0
+def runnable_wait_s(pid: int) -> dict[int, float]:
+    """Seconds each live thread of the process spent runnable but waiting for a core (schedstat): CPU starvation.
+    Per thread, because a thread that ends takes its count with it: a process-wide sum could fall over a phase."""
+    waits: dict[int, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            total += int((task / "schedstat").read_text().split()[1])
+            waits[int(task.name)] = int((task / "schedstat").read_text().split()[1]) / 1e9
         except (OSError, IndexError, ValueError):
             continue
-    return total / 1e9
+    return waits
+
+
+def waited_s(before: dict[int, float], after: dict[int, float]) -> float:
+    """Run-queue wait over a phase by the threads alive at its end (a thread that ended inside it is not counted;
+    a thread id the kernel reused for a new thread counts from that thread's start)."""
+    return sum(wait - before.get(tid, 0.0) if wait >= before.get(tid, 0.0) else wait for tid, wait in after.items())
 
 
 class Usage:
@@ -122,15 +129,22 @@ class Usage:
         self.peak[name] = max(self.peak[name], value)
         return value
 
-    def _cpu(self) -> dict[str, float]:
-        out = {}
+    def _cpu(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
         for name, pid in self.pids.items():
             try:
-                out[f"{name}_cpu"] = cpu_s(pid)
-                out[f"{name}_wait"] = runnable_wait_s(pid)
+                out[f"{name}_cpu"], out[f"{name}_wait"] = cpu_s(pid), runnable_wait_s(pid)
             except OSError:
-                out[f"{name}_cpu"] = out[f"{name}_wait"] = float("nan")
+                out[f"{name}_cpu"], out[f"{name}_wait"] = float("nan"), None
         return out
+
+    @staticmethod
+    def _spent(key: str, before: dict[str, Any], after: dict[str, Any]) -> float:
+        if key.endswith("_wait"):
+            if before[key] is None or after[key] is None:
+                return float("nan")
+            return waited_s(before[key], after[key])
+        return after[key] - before[key]
 
     def phase(self, name: str | None) -> None:
         """Close the running phase (CPU and run-queue wait, % of one core over it; the load average at its end)
@@ -140,7 +154,7 @@ class Usage:
             label, began, before = self._mark
             wall = max(now - began, 1e-6)
             self.phases[label] = {"wall_s": round(wall, 1),
-                                  **{f"{k}_pct": round(100 * (cpu[k] - before[k]) / wall, 1) for k in cpu},
+                                  **{f"{k}_pct": round(100 * self._spent(k, before, cpu) / wall, 1) for k in cpu},
                                   "load_avg_1m": float(Path("/proc/loadavg").read_text().split()[0])}
         self._mark = (name, now, cpu) if name is not None else None
 
