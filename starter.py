@@ -500,7 +500,8 @@ def _loan_table(view: LoanView) -> list[list[Any]]:
             ["net delta", f"{view.net_delta_btc} BTC"],
             ["treasury", f"reserve {view.reserve_usdt} + enrolment reserve {view.enrol_reserve_left_usdt} USDT; "
                          f"{view.treasury_actions} actions; last "
-                         + (f"{t.kind} {t.usdt} USDT ({t.note})" if t else "none")],
+                         + (f"{t.kind} {t.usdt} USDT ({t.note})" if t else "none")
+                         + (f"; hedge losses written off {view.written_off_usdt} USDT" if view.written_off_usdt else "")],
             ["bands", f"target {b.target} · caution {b.caution} · danger {b.danger} · critical {b.critical} "
                       f"(hysteresis {b.hysteresis}, repay below {b.repay_below}); multipliers {b.multiplier_caution}/"
                       f"{b.multiplier_danger}/{b.multiplier_critical}" + (" · always repay" if view.always_repay else "")],

@@ -68,6 +68,7 @@ from risk.loan import (
     allocate,
     band_for,
     hedge_target_btc,
+    loss_to_write_off,
     realisation_due,
     repay_to_reach,
 )
@@ -315,6 +316,10 @@ class Guard:
                 self.perp_cash += self._buy(qty, self._fill(qty, price, "buy"))
                 reopen_allowance = qty
                 self.realisations += 1
+                if not self.loan.liquidated:
+                    # the workflow allocates what the close realised before the hedge sells the short back, so the
+                    # re-opening's fee comes after it: written off, not netted against this profit
+                    self._treasury(price)
         target = decision.target_btc if decision.target_btc is not None else self.short
         change = target - self.short
         if change > 0:
@@ -336,7 +341,9 @@ class Guard:
             self.moves.append(("deploy_reserve", amount))
 
     def _treasury(self, price: Decimal) -> None:
-        """LoanGuardWorkflow._treasury: the hedge's realised PnL not yet allocated, once it reaches the minimum."""
+        """LoanGuardWorkflow._treasury: a loss written off, then the hedge's realised PnL not yet allocated, once it
+        reaches the minimum."""
+        self.allocated -= loss_to_write_off(self.hedge_realised, self.allocated)
         available = self.hedge_realised - self.allocated
         if available < max(self.min_treasury, Decimal("0.01")):
             return

@@ -210,6 +210,7 @@ class LoanCarry(BaseModel):
     subscribed: FeedSubscription | None = None
     feed_reflex: str | None = None
     leverage_set: bool = False
+    written_off_usdt: Decimal = Decimal(0)
     # the hedge's figures as last read, shown by the next run's view until it reads its own (never acted on)
     shown_facts: HedgeFacts | None = None
 
@@ -378,6 +379,9 @@ class LoanView(BaseModel):
     reserve_usdt: Decimal
     enrol_reserve_left_usdt: Decimal
     allocated_pnl_usdt: Decimal
+    # hedge losses (a short closed in a rebound, fees, funding) the treasury wrote off as the protection's cost, so
+    # that the next leg's profit reaches the loan (risk.loan.loss_to_write_off)
+    written_off_usdt: Decimal = Decimal(0)
     last_treasury: TreasuryRecord | None
     treasury_actions: int
     paused: bool

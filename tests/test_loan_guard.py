@@ -116,6 +116,31 @@ async def test_realised_profit_goes_to_the_loan(dev_env, loan_worker, sim, paper
     await wait_loan(handle, lambda v: v.hedge_current_btc == v.hedge_target_btc, within_s=60)
 
 
+async def test_profit_after_a_hedge_loss_reaches_the_loan(dev_env, loan_worker, sim, paper_settings):
+    """A short closed at a loss in a rally is the protection's cost: the next fall's realised profit repays the loan
+    at once instead of first earning that loss back (which, in the 365-day backtest, left loans liquidated)."""
+    await open_loan(sim, paper_settings, "writeoff", "1", "24000")  # 40 % at 60000
+    handle = await enrol(dev_env.client, loan_worker, "WRITEOFF-1", "writeoff", hedge_policy=TAKER_HEDGE, always_repay=True)
+    await wait_loan(handle, lambda v: v.ltv_pct is not None and v.price_source == "feed")
+    sim.market.set_price("BTCUSDT", D("52700"))  # CAUTION (45.5 %): short the whole collateral
+    await wait_loan(handle, settled("CAUTION"), within_s=60)
+    sim.market.set_price("BTCUSDT", D("64000"))  # 37.5 %: SAFE, the short bought back ~11,300 USDT worse
+    view = await wait_loan(handle, lambda v: settled("SAFE")(v) and v.written_off_usdt > 0, within_s=60)
+    loss = -view.hedge_realised_pnl
+    assert loss > 11000 and view.written_off_usdt == loss and view.allocated_pnl_usdt == -loss
+    assert view.treasury_actions == 0
+    sim.market.set_price("BTCUSDT", D("52700"))
+    await wait_loan(handle, settled("CAUTION"), within_s=60)
+    sim.market.set_price("BTCUSDT", D("49500"))  # DANGER: the new short is ~3,200 in profit, the ledger still ~-8,000
+    view = await wait_loan(handle, lambda v: v.last_treasury is not None and v.realising is None, within_s=60)
+    assert view.last_treasury.kind == "repay" and view.last_treasury.usdt > 2000
+    assert view.hedge_realised_pnl < -5000  # net of the rally's loss: the old rule would have repaid nothing
+    loan = next(x for x in sim.loans.snapshot() if x["account"] == "writeoff")
+    assert D(loan["principal"]) < 22000  # the repayment reached the venue
+    await record_if_asked(dev_env.client, handle.id, "LoanGuardWorkflow-write-off")
+    await record_if_asked(dev_env.client, f"hedge-{view.hedge_id}", "HedgeWorkflow-loan-write-off")
+
+
 async def test_pause_resume_and_force_close(dev_env, loan_worker, sim, paper_settings):
     await open_loan(sim, paper_settings, "ops", "1", "24000")
     handle = await enrol(dev_env.client, loan_worker, "OPS-1", "ops", hedge_policy=TAKER_HEDGE)

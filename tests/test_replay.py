@@ -43,16 +43,18 @@ async def test_recorded_histories_replay(workflow, runner):
         assert failure is None, f"{path.name}: {failure}"
 
 
-def test_the_recorded_patch_set_still_folds_what_it_folded():
-    """Runs that recorded PATCH_SET took the new path of exactly these patches: a patch added to the set later would
-    flip a path under them halfway through a replay. A new fold is a new set id."""
-    from workflows.common import PATCH_SET, PATCH_SET_FOLDS
+def test_each_recorded_patch_set_still_folds_what_it_folded():
+    """Runs that recorded a set's id took the new path of exactly its patches: a patch added to a set later would
+    flip a path under them halfway through a replay. A new fold is a new set id, and a new run records the newest."""
+    from workflows.common import PATCH_SET, PATCH_SETS
 
-    assert (PATCH_SET, PATCH_SET_FOLDS) == ("patch-set-2026-11", frozenset({
+    first = frozenset({
         "local-reads", "operator-summaries", "sync-before-closed", "idle-reconcile", "escalate-late-post-only-cancel",
         "sync-only-new-fills", "local-quote", "replan-after-closed-order", "reflex", "hedge-before-subscribe",
         "idle-hedge-check", "no-resubscribe-for-band", "hedge-on-demand", "facts-at-check-interval",
-        "pause-before-retarget", "rest-continue-as-new"}))
+        "pause-before-retarget", "rest-continue-as-new"})
+    assert PATCH_SETS == {"patch-set-2026-11b": first | {"treasury-write-off"}, "patch-set-2026-11": first}
+    assert PATCH_SET == "patch-set-2026-11b"
 
 
 class LaggingClock(UnsandboxedWorkflowRunner):

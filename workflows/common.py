@@ -22,28 +22,34 @@ ALERT_CALL = dict(start_to_close_timeout=timedelta(seconds=30), schedule_to_clos
 
 # sdk-core records every patch a run takes as a marker plus a TemporalChangeVersion search-attribute upsert, and the
 # worker holds ~8 KiB for each while the run is cached (`python -m bench.run_memory --patches 0 8`); a loan guard at
-# rest took five. A run that records PATCH_SET takes the new path of every patch it folds with that one marker. A
-# patch added later is taken on its own until a next set (a new id) folds it; a run from before the set replays its own
-# markers. Never change a set that runs have recorded: they would replay with paths they did not take.
-PATCH_SET = "patch-set-2026-11"
-PATCH_SET_FOLDS = frozenset({
+# rest took five. A run that records a set's id takes the new path of every patch the set folds with that one marker.
+# A new run records the newest set; a patch added later is taken on its own until a next set (a new id) folds it; a
+# run from before a set replays its own markers. Never change a set that runs have recorded: they would replay with
+# paths they did not take (tests/test_replay.py holds each set to what it folded).
+PATCH_SET_2026_11 = frozenset({
     "local-reads", "operator-summaries",
     "sync-before-closed", "idle-reconcile", "escalate-late-post-only-cancel", "sync-only-new-fills", "local-quote",
     "replan-after-closed-order",
     "reflex", "hedge-before-subscribe", "idle-hedge-check", "no-resubscribe-for-band", "hedge-on-demand",
     "facts-at-check-interval", "pause-before-retarget", "rest-continue-as-new",
 })
+PATCH_SETS: dict[str, frozenset[str]] = {  # newest first
+    "patch-set-2026-11b": PATCH_SET_2026_11 | {"treasury-write-off"},
+    "patch-set-2026-11": PATCH_SET_2026_11,
+}
+PATCH_SET = next(iter(PATCH_SETS))  # what a run started now records
 
 
 def take_patch_set(instance: Any) -> None:
     """Call first in the workflow's `@workflow.init`: the set is decided in the run's first workflow task and nowhere
-    else, so a run from before it (replaying that task) never takes it halfway and switches paths."""
-    instance._patch_set = workflow.patched(PATCH_SET)
+    else, so a run from before it (replaying that task) never takes it halfway and switches paths. A replay finds the
+    marker of the set its run recorded, if any; a new run records the newest."""
+    instance._patch_folds = next((folds for set_id, folds in PATCH_SETS.items() if workflow.patched(set_id)), frozenset())
 
 
 def patched(patch_id: str) -> bool:
-    """`workflow.patched`, true without a marker of its own in a run that took the patch set."""
-    if patch_id in PATCH_SET_FOLDS and getattr(workflow.instance(), "_patch_set", False):
+    """`workflow.patched`, true without a marker of its own in a run that took a set folding it."""
+    if patch_id in getattr(workflow.instance(), "_patch_folds", ()):
         return True
     return workflow.patched(patch_id)
 

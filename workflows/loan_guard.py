@@ -72,6 +72,7 @@ with workflow.unsafe.imports_passed_through():
         allocate,
         band_for,
         hedge_target_btc,
+        loss_to_write_off,
         ltv_pct,
         margin_needs_topup,
         net_delta_btc,
@@ -121,6 +122,7 @@ class LoanGuardWorkflow:
         self.sent_urgency: str | None = c.sent_urgency if c else None
         self.treasury_seq = c.treasury_seq if c else 0
         self.allocated = c.allocated_pnl if c else ZERO
+        self.written_off = c.written_off_usdt if c else ZERO
         self.reserve = c.reserve_usdt if c else ZERO
         self.enrol_reserve = c.enrol_reserve_left if c else inp.reserve_usdt
         self.last_treasury: TreasuryRecord | None = c.last_treasury if c else None
@@ -273,6 +275,7 @@ class LoanGuardWorkflow:
             realisations=self.realisations, realised_btc=self.realised_btc,
             realised_notional_usdt=self.realised_notional,
             reserve_usdt=self.reserve, enrol_reserve_left_usdt=self.enrol_reserve, allocated_pnl_usdt=self.allocated,
+            written_off_usdt=self.written_off,
             last_treasury=self.last_treasury, treasury_actions=self.treasury_seq, paused=self.paused,
             hedge_closed=self.hedge_closed, hedge_started=self.hedge_started, unenrolling=self.unenrolling, bands=self.cfg,
             always_repay=self.inp.always_repay, next_sync_at=self.next_sync,
@@ -687,6 +690,10 @@ class LoanGuardWorkflow:
     async def _treasury(self) -> None:
         facts = self.facts
         assert facts is not None and self.ltv is not None
+        lost = loss_to_write_off(facts.realised_pnl, self.allocated)
+        if lost > 0 and patched("treasury-write-off"):
+            self.allocated -= lost
+            self.written_off += lost
         available = facts.realised_pnl - self.allocated
         if (available < max(self.inp.timing.min_treasury_usdt, Decimal("0.01")) or self.realising is not None
                 or self.paused or self.closing_hedge or self.pending is not None or self._backing_off()):
@@ -820,6 +827,7 @@ class LoanGuardWorkflow:
                          collateral_btc=self.collateral, price=self.tick, hedge_gen=self.hedge_gen,
                          hedge_started=self.hedge_started, target_seq=self.target_seq, sent_target=self.sent_target,
                          sent_urgency=self.sent_urgency, treasury_seq=self.treasury_seq, allocated_pnl=self.allocated,
+                         written_off_usdt=self.written_off,
                          reserve_usdt=self.reserve, enrol_reserve_left=self.enrol_reserve,
                          last_treasury=self.last_treasury, paused=self.paused, hedge_closed=self.hedge_closed,
                          unenrolling=self.unenrolling, realising=self.realising, max_ltv=self.max_ltv,
@@ -862,6 +870,7 @@ class LoanGuardWorkflow:
             f"realised {view.hedge_realised_pnl} · unrealised {view.hedge_unrealised_pnl}"
             + (f" · realising {self.realising.qty} BTC" if self.realising else "") + (" · closed" if self.hedge_closed else ""),
             f"- treasury: reserve {self.reserve:.2f} + enrolment reserve {self.enrol_reserve:.2f} USDT; last: "
-            + (f"{t.kind} {t.usdt} USDT{f' → {t.btc} BTC' if t.btc else ''} at {t.at:%H:%M:%S} ({t.note})" if t else "none"),
+            + (f"{t.kind} {t.usdt} USDT{f' → {t.btc} BTC' if t.btc else ''} at {t.at:%H:%M:%S} ({t.note})" if t else "none")
+            + (f"; hedge losses written off {self.written_off:.2f} USDT" if self.written_off else ""),
             f"- max LTV {self.max_ltv:.2f} %",
         ]))
