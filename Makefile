@@ -39,8 +39,8 @@ test: $(STAMP)
 	 for s in $$quick $$slow $$chaos; do if [ $$s -ne 0 ] && [ $$s -ne 5 ]; then exit $$s; fi; done
 
 ## Issue 7's figures: the 90-day protection backtest (tables + plots in bench-out/), reaction latency at
-## N = 1 and 1,000, scale at 10,000 loans. Each prints its table; at 10,000 loans one worker hedged them all 9.7 s
-## after the tick and held 1,861 MiB at rest at 0d9ded7 (goals: 60 s, 2 GiB); the scale run takes 10-20 minutes
+## N = 1 and 1,000, scale at 10,000 loans. Each prints its table; at 10,000 loans one worker hedged them all 10.9 s
+## after the tick and held 1,896 MiB at rest at 08346a3 (goals: 60 s, 2 GiB); the scale run takes 10-20 minutes
 ## (bench/README.md, "Scale").
 BENCH_OUT ?= bench-out
 bench: $(STAMP)
