@@ -553,22 +553,22 @@ async def cmd_loan_signal(args: argparse.Namespace, settings: Settings) -> int:
         await handle.signal(LoanGuardWorkflow.force_close, operator(args.reason))
         text = "closing its hedge now (and paused: `loan resume` opens a new hedge)"
     if args.loan_command != "resume":
-        text += await _reflex_disarmed(handle)
+        text += await _pause_seen(handle)
     emit(args, {"loan_id": args.loan_id, "sent": args.loan_command}, f"loan {args.loan_id}: {text}")
     return 0
 
 
-async def _reflex_disarmed(handle, within_s: float = 10.0) -> str:
-    """A pause is whole once the feed has dropped the loan's armed reflex order (activities/reflex.py): wait for
-    the guard to say so, and say what was seen."""
+async def _pause_seen(handle, within_s: float = 10.0) -> str:
+    """The guard has taken the pause once its state says so; from then on its hedge (the only code that trades)
+    is told to place nothing. Say what was seen."""
     deadline = time.monotonic() + within_s
     while True:
         view = await handle.query(LoanGuardWorkflow.state)
-        if view.paused and view.reflex_armed is None:
-            return "; the feed holds no reflex order for it"
+        if view.paused:
+            return "; the guard confirms it is paused"
         if time.monotonic() > deadline:
-            return (f"; NOT CONFIRMED: after {within_s:.0f} s the feed still holds reflex {view.reflex_armed}, which a "
-                    f"band crossing would send (see `starter.py loan status {view.loan_id}`)")
+            return (f"; NOT CONFIRMED: after {within_s:.0f} s the guard does not show the pause yet (see "
+                    f"`starter.py loan status {view.loan_id}`)")
         await asyncio.sleep(0.2)
 
 

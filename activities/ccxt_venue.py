@@ -302,9 +302,8 @@ class CcxtVenue:
         return self._settled(placed)
 
     async def submit_order(self, request: OrderRequest) -> bool:
-        """Send an order once, without looking its id up first or after: place_order's one send, and all of the
-        reflex (activities/reflex.py), where one round trip less is the point. False when the venue already had
-        the id (its duplicate answer); the order's state is read later by whoever owns it."""
+        """Send an order once, without looking its id up first or after: place_order's one send. False when the
+        venue already had the id (its duplicate answer); the order's state is read later by whoever owns it."""
         unified = await self.unified(request.symbol)
         try:
             await self._call("create_order", unified, request.type.value, request.side, str(request.qty),

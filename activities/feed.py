@@ -2,9 +2,6 @@
 band changes, its LTV moves more than its step, or its keep-alive interval passes, so a busy market does
 not flood loan histories.
 
-A loan whose guard armed a reflex (activities/reflex.py) gets its crossing's first order from here, sent
-before the loans are signalled.
-
 A stream silent for STREAM_SILENT_S is reconnected (the activity fails and is retried), and every loan of the
 shard is told (`feed_down`) so it polls the price until ticks come again.
 
@@ -28,7 +25,6 @@ from temporalio import activity
 from temporalio.client import WorkflowHandle, WorkflowQueryFailedError
 from temporalio.service import RPCError
 
-from activities.reflex import REFLEXES_IN_FLIGHT, ReflexQuote, crossed, reflex_order, send_reflex
 from activities.venues import VenuePool
 from models.loan_guard import FeedSubscription, FeedSubscriptions, FeedWatch, PriceTick, loan_workflow_id
 from risk.loan import Band, band_for, ltv_pct
@@ -80,27 +76,6 @@ def apply_subscriptions(subs: dict[str, FeedSubscription], update: FeedSubscript
         subs[sub.loan_id] = sub
 
 
-def revalue(woken: list[tuple[FeedSubscription, Sent]], subs: dict[str, FeedSubscription], tick: PriceTick,
-            sent: dict[str, Sent], now: float) -> list[tuple[FeedSubscription, Sent]]:
-    """The woken loans valued again with the subscriptions just read (a repaid loan may no longer cross); a loan
-    gone from the feed is left out."""
-    out = []
-    for old, _ in woken:
-        sub = subs.get(old.loan_id)
-        if sub is not None:
-            _, band, ltv = wake_due(sub, tick, sent.get(sub.loan_id), now)
-            out.append((sub, Sent(band=band, ltv=ltv, at=now)))
-    return out
-
-
-def _quote(ticker: dict, tick: PriceTick) -> ReflexQuote | None:
-    """The book's touch as the stream last showed it (None when the stream carries no bid/ask: no reflex then)."""
-    bid, ask = ticker.get("bid"), ticker.get("ask")
-    if not bid or not ask:
-        return None
-    return ReflexQuote(bid=Decimal(str(bid)), ask=Decimal(str(ask)), index=tick.index)
-
-
 def _tick(ticker: dict) -> PriceTick:
     info = ticker.get("info") or {}
     last = Decimal(str(info.get("lastPrice") or ticker["last"]))
@@ -136,7 +111,6 @@ async def read_subscriptions(own: WorkflowHandle, version: int) -> FeedSubscript
 class FeedActivities:
     def __init__(self, venues: VenuePool) -> None:
         self.venues = venues
-        self.reflex_slots = asyncio.Semaphore(REFLEXES_IN_FLIGHT)  # shared by the shards' streams in this worker
         # per feed shard, what each loan was last told, kept by this worker across the stream's attempts, rotations and
         # the shard's continue-as-new: an attempt starting blank told every loan its price again, a workflow task for
         # each of the shard's guards. At 10,000 loans on 2 cores stream attempts ran out their heartbeat timeout
@@ -149,7 +123,6 @@ class FeedActivities:
         own = client.get_workflow_handle(activity.info().workflow_id)
         venue = await self.venues.get(req.venue, req.account)
         unified = await venue.unified(req.symbol)
-        market = await venue.market(req.symbol)
         ticks: asyncio.Queue[dict] = asyncio.Queue(maxsize=1000)
 
         async def pump() -> None:
@@ -168,7 +141,6 @@ class FeedActivities:
         sent = self.told.setdefault(own.id, {})
         signals = 0
         gate = asyncio.Semaphore(SIGNALS_IN_FLIGHT)
-        fired: set[str] = set()  # reflex ids this attempt sent: each once (the venue refuses a repeat anyway)
         task = asyncio.create_task(pump())
         try:
             while time.monotonic() - started < req.rotate_after_s:
@@ -207,26 +179,8 @@ class FeedActivities:
                     due, band, ltv = wake_due(sub, tick, sent.get(sub.loan_id), now)
                     if due:
                         woken.append((sub, Sent(band=band, ltv=ltv, at=now)))
-                quote = _quote(ticker, tick)
-                told_reflex: dict[str, PriceTick] = {}
-                if any(crossed(sub, told.band) for sub, told in woken):
-                    # the list as of now, not of the last refresh: a guard paused a moment ago has disarmed, and
-                    # one whose reflex was spent has armed the next
-                    current = await read_subscriptions(own, version)
-                    refreshed = time.monotonic()
-                    if current is None:
-                        log.warning("feed %s: no reflex sent on this tick (the subscriptions could not be read)", own.id)
-                    else:
-                        if current.version != version:
-                            version = current.version
-                            apply_subscriptions(subs, current, sent)
-                        woken = revalue(woken, subs, tick, sent, now)
-                        told_reflex = await self._fire_reflexes(woken, tick, quote, market, fired)
-                for sub, told in woken:  # a crossing the reflex sat out (no quote, no read, a refusal) spends it too:
-                    if crossed(sub, told.band):  # the guard reports it spent
-                        fired.add(sub.reflex.client_order_id)
                 delivered = await asyncio.gather(*(
-                    signal_loan(client, sub.loan_id, "price", told_reflex.get(sub.loan_id, tick), gate)
+                    signal_loan(client, sub.loan_id, "price", tick, gate)
                     for sub, _ in woken))
                 for (sub, told), ok in zip(woken, delivered, strict=True):
                     loan_id = sub.loan_id
@@ -238,21 +192,3 @@ class FeedActivities:
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
         return f"rotated after {req.rotate_after_s} s, {signals} signals sent"
-
-    async def _fire_reflexes(self, woken: list[tuple[FeedSubscription, Sent]], tick: PriceTick,
-                             quote: ReflexQuote | None, market, fired: set[str]) -> dict[str, PriceTick]:
-        """Send the armed orders this tick fires, all before any loan is signalled; for each one tried, the tick
-        to signal its loan, naming the order (the guard hands it to the hedge, which looks it up)."""
-        due = []
-        for sub, told in woken:
-            if sub.reflex is None or sub.reflex.client_order_id in fired:
-                continue
-            order = reflex_order(sub, told.band, quote, market)
-            if order is not None:
-                due.append((sub, order))
-                fired.add(order.client_order_id)
-        if not due:
-            return {}
-        await asyncio.gather(*(send_reflex(self.venues, sub, order, self.reflex_slots) for sub, order in due))
-        return {sub.loan_id: tick.model_copy(update={"reflex": order.client_order_id, "reflex_hedge": sub.reflex.hedge_id})
-                for sub, order in due if sub.reflex is not None}

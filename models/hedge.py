@@ -72,9 +72,6 @@ class HedgeInput(BaseModel):
     policy: OrderPolicy = OrderPolicy()
     continue_as_new_after: int | None = Field(None, ge=100, description="history events; None: server's advice")
     carry: HedgeCarry | None = None  # state handed over by continue-as-new
-    # reflex orders sent for this hedge before it was started (a loan's hedge opens on demand): booked at start-up,
-    # before its first reconciliation and before it plans anything
-    reflexes: tuple[str, ...] = ()
 
     def summary(self) -> str:
         """The one line the Temporal UI lists the hedge by; pass it as static_summary when starting it."""
@@ -126,7 +123,6 @@ class HedgeCarry(BaseModel):
     realised_pnl: Decimal
     unrealised_pnl: Decimal
     open_order: OpenOrder | None
-    reflex_checks: list[str] = Field(default_factory=list)
 
 
 HedgeInput.model_rebuild()
@@ -139,9 +135,6 @@ class TargetChange(BaseModel):
     target: Decimal = Field(ge=0)
     urgency: Urgency = Urgency.NORMAL
     seq: int = Field(0, ge=0)
-    # client order ids of reflex orders the feed may have placed for this hedge (models.loan_guard.ArmedReflex):
-    # the hedge brings their fills into its ledger before it plans the rest
-    reflexes: tuple[str, ...] = ()
 
 
 class RiskChange(BaseModel):

@@ -146,8 +146,6 @@ class PriceTick(BaseModel):
     mark: Decimal
     at: datetime
     source: str = "feed"
-    reflex: str | None = None  # the client order id of a reflex order the feed sent on this tick,
-    reflex_hedge: str | None = None  # for this hedge
 
 
 class TreasuryRecord(BaseModel):
@@ -204,11 +202,7 @@ class LoanCarry(BaseModel):
     realised_notional: Decimal = Decimal(0)
     hedge_paused_sent: bool | None = None
     pending: PendingMove | None = None
-    reflex_seq: int = 0
-    armed: ArmedReflex | None = None
-    reflex_report: list[str] = Field(default_factory=list)
     subscribed: FeedSubscription | None = None
-    feed_reflex: str | None = None
     leverage_set: bool = False
     written_off_usdt: Decimal = Decimal(0)
     # the hedge's figures as last read, shown by the next run's view until it reads its own (never acted on)
@@ -217,25 +211,8 @@ class LoanCarry(BaseModel):
 
 
 
-class ArmedReflex(BaseModel):
-    """The first order of a band crossing, armed by the guard and sent by the feed the moment a tick puts the
-    loan above `from_band`: an IOC sell of the new band's hedge target less `base_btc` (the short the hedge was
-    last asked for), at the IOC rung's price. One client order id per armed content, so a feed that fires it
-    twice (a retried activity) places it once."""
-
-    model_config = ConfigDict(frozen=True)
-
-    client_order_id: str
-    hedge_id: str
-    from_band: int
-    base_btc: Decimal
-    ioc_bps: Decimal
-    price_band_bps: Decimal
-    max_qty: Decimal | None = None  # the hedge policy's max_order_qty: a reflex is never bigger than one order
-
-
 class FeedSubscription(BaseModel):
-    """What the feed needs to know of a loan to decide when to wake it (and, when armed, what to send at once)."""
+    """What the feed needs to know of a loan to decide when to wake it."""
 
     loan_id: str
     venue: str
@@ -247,7 +224,6 @@ class FeedSubscription(BaseModel):
     band: int
     keepalive_s: int
     ltv_step_pct: Decimal
-    reflex: ArmedReflex | None = None
 
 
 class FeedInput(BaseModel):
@@ -391,10 +367,7 @@ class LoanView(BaseModel):
     always_repay: bool
     next_sync_at: datetime | None
     summary: str
-    # the client order id of the reflex the feed holds for this loan's next crossing (activities/reflex.py); None
-    # once a pause, force-close or unenrol has reached the feed: from then on no reflex is sent
-    reflex_armed: str | None = None
-    # False while the loan has needed no short yet: its hedge workflow opens on the first need (or reflex)
+    # False while the loan has needed no short yet: its hedge workflow opens on the first need
     hedge_started: bool = True
 
 

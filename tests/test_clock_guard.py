@@ -3,7 +3,7 @@ behind its events (workflows/clock_guard.py), and its history replays.
 
 Without the guard, sdk-core hands the run a timer's firing from a query task's history with the previous task's
 time: the workflow below then sees its due check as not yet due (an "early" decision) and its history no longer
-replays. A loan guard did exactly that in a chaos run (tests/histories/known-bad). The scenario is the chaos run's,
+replays. A loan guard did exactly that in a chaos run. The scenario is the chaos run's,
 made frequent: stickiness reset every 0.2 s (what a dev server restart or a slow worker causes) and a status
 query every few milliseconds (the Web UI, starter status, the feed's own subscription reads).
 """

@@ -28,6 +28,7 @@ from models.hedge import OrderPolicy, TargetChange
 from risk.pricing import Urgency
 from tests.conftest import TEMPORAL
 from tests.hedge_helpers import start_hedge, state, venue_orders
+from tests.loan_helpers import record_if_asked
 from workflows.hedge import HedgeWorkflow
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -213,3 +214,4 @@ async def test_operator_commands_on_a_running_hedge(dev_env, dev_worker, sim, st
     missing = await starter("hedge", "state", "nope")
     assert missing.stderr.strip() == "starter.py: no hedge workflow 'hedge-nope' (see `starter.py hedge list`)"
     assert view.orders_placed == 1
+    await record_if_asked(dev_env.client, handle.id, "HedgeWorkflow-lifecycle")

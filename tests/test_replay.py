@@ -7,6 +7,7 @@ recorded runs took."""
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 
@@ -17,7 +18,6 @@ from temporalio.worker import Replayer, UnsandboxedWorkflowRunner
 
 from worker import SANDBOX
 from workflows import ALERT_WORKFLOWS, ALL_WORKFLOWS
-from workflows.clock_guard import ClockGuardedInstance, has_work
 
 HISTORIES = Path(__file__).parent / "histories"
 
@@ -43,63 +43,40 @@ async def test_recorded_histories_replay(workflow, runner):
         assert failure is None, f"{path.name}: {failure}"
 
 
-def test_each_recorded_patch_set_still_folds_what_it_folded():
-    """Runs that recorded a set's id took the new path of exactly its patches: a patch added to a set later would
-    flip a path under them halfway through a replay. A new fold is a new set id, and a new run records the newest."""
-    from workflows.common import PATCH_SET, PATCH_SETS
-
-    first = frozenset({
-        "local-reads", "operator-summaries", "sync-before-closed", "idle-reconcile", "escalate-late-post-only-cancel",
-        "sync-only-new-fills", "local-quote", "replan-after-closed-order", "reflex", "hedge-before-subscribe",
-        "idle-hedge-check", "no-resubscribe-for-band", "hedge-on-demand", "facts-at-check-interval",
-        "pause-before-retarget", "rest-continue-as-new"})
-    assert PATCH_SETS == {"patch-set-2026-11b": first | {"treasury-write-off"}, "patch-set-2026-11": first}
-    assert PATCH_SET == "patch-set-2026-11b"
+ORDER_ACTIVITIES = {"hedge_place", "hedge_cancel", "hedge_amend"}  # what talks to a venue's order endpoints
+LOCAL_READS_ALLOWED: set[str] = set()  # store reads allowed as local activities: none so far
 
 
-class LaggingClock(UnsandboxedWorkflowRunner):
-    """Replays as sdk-core ran a cached run whose task came off the normal queue while a query was answered:
-    the activations at the given history lengths see the previous activation's time (workflows/clock_guard.py)."""
-
-    def __init__(self, lengths: set[int]) -> None:
-        super().__init__()
-        self.lengths = lengths
-
-    def create_instance(self, det):
-        inner, lengths = super().create_instance(det), self.lengths
-
-        class Instance(ClockGuardedInstance):
-            def activate(self, act):
-                if act.history_length in lengths and self.last is not None:
-                    act.timestamp.FromNanoseconds(self.last[0])
-                if has_work(act):
-                    self.last = (act.timestamp.ToNanoseconds(), act.history_length)
-                return self.inner.activate(act)
-
-        return Instance(inner)
+def recorded_events(path: Path) -> list[dict]:
+    return json.loads(path.read_text())["events"]
 
 
-async def test_the_chaos_run_guard_history_is_explained_by_a_lagging_clock():
-    """A loan guard history from a fresh-clone chaos run (HEDGEGUARD_CHAOS_SEED=348569187) that no replay accepts:
-    at event 410 the live run started a 1 s timer where the replay reads the hedge (its check was due, 54.584 >=
-    54.540), and again at 537. Both tasks (408, 535) came off the normal queue after a timer fired; replayed with
-    the previous task's clock there, all 626 events replay. Workers now refuse such an activation
-    (tests/test_clock_guard.py); a history already written this way stays unreplayable, so it is kept apart."""
-    path = HISTORIES / "known-bad" / "LoanGuardWorkflow-chaos-event-410.json"
-    failure = await replay_failure(path, UnsandboxedWorkflowRunner())
-    assert failure is not None and "HistoryEvent(id: 410, TimerStarted)" in str(failure)
-    assert await replay_failure(path, LaggingClock({408})) is not None  # the same lag again further on
-    assert await replay_failure(path, LaggingClock({408, 535})) is None
+@pytest.mark.parametrize("path", sorted(HISTORIES.glob("*.json")), ids=lambda p: p.stem)
+def test_a_recorded_history_has_no_patch_no_local_write_and_orders_only_from_a_hedge(path):
+    """Nothing is released, so no run carries a patch marker; venue calls and writes are regular activities, each
+    visible in the history; and HedgeWorkflow is the only workflow that places or cancels orders."""
+    events = recorded_events(path)
+    started = events[0]["workflowExecutionStartedEventAttributes"]
+    workflow_type = started["workflowType"]["name"]
+    markers = [e["markerRecordedEventAttributes"]["markerName"] for e in events if "markerRecordedEventAttributes" in e]
+    assert "core_patch" not in markers, f"{path.name}: a patch marker"
+    local = [json.loads(base64.b64decode(e["markerRecordedEventAttributes"]["details"]["data"]["payloads"][0]["data"]))
+             for e in events if e.get("markerRecordedEventAttributes", {}).get("markerName") == "core_local_activity"]
+    assert {m.get("activity_type") for m in local} <= LOCAL_READS_ALLOWED, f"{path.name}: local activities {local}"
+    activities = {e["activityTaskScheduledEventAttributes"]["activityType"]["name"] for e in events
+                  if "activityTaskScheduledEventAttributes" in e}
+    if workflow_type != "HedgeWorkflow":
+        assert not activities & ORDER_ACTIVITIES, f"{path.name}: {workflow_type} called {activities & ORDER_ACTIVITIES}"
 
 
-async def test_the_chaos_run_guard_history_split_across_a_forced_task_does_not_replay():
-    """A loan guard history from a fresh-clone chaos run (HEDGEGUARD_CHAOS_SEED=332514332 at 707358d; the same seed
-    passed when run again): task 297 recorded the price read (local activity 36) and ended with a new task forced
-    (301, "request-from-RespondWorkflowTaskCompleted"), whose completion recorded the hedge read (37) the code had
-    asked for right after the price. Live it ran; replayed after the next worker kill, sdk-core refuses it, the guard
-    is stuck and the chaos run times out. The split is sdk-core's: it answered the chaos run's status query while the
-    price read's result waited, forcing a new task that delivered the result 13 ms later than any replay does
-    (bench/README, Chaos). Kept here so an SDK that replays it shows up."""
-    path = HISTORIES / "known-bad" / "LoanGuardWorkflow-chaos-local-activity-37.json"
-    failure = await replay_failure(path, UnsandboxedWorkflowRunner())
-    assert failure is not None and "Missing associated machine for LocalActivity(37)" in str(failure)
+def test_the_recorded_histories_cover_the_lifecycles_that_matter():
+    """Each workflow type replays at least once (above); these paths are the ones a change is most likely to break."""
+    names = {p.stem for p in HISTORIES.glob("*.json")}
+    assert {"LoanGuardWorkflow-fall-and-recovery", "LoanGuardWorkflow-write-off", "LoanGuardWorkflow-telegram-pause-resume",
+            "HedgeWorkflow-lifecycle", "HedgeWorkflow-loan-fall-and-recovery", "AlertWorkflow-rise-and-summary",
+            "AlertDigestWorkflow-one-day"} <= names
+    hedge = recorded_events(HISTORIES / "HedgeWorkflow-lifecycle.json")
+    activities = [e["activityTaskScheduledEventAttributes"]["activityType"]["name"] for e in hedge
+                  if "activityTaskScheduledEventAttributes" in e]
+    assert "hedge_place" in activities and "hedge_cancel" in activities  # placed, paused (cancelled), closed
+    assert hedge[-1].get("workflowExecutionCompletedEventAttributes") is not None

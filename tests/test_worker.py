@@ -15,6 +15,7 @@ from activities.store import Store
 from activities.venues import VenuePool
 from models.health import HealthReport, ReadinessRequest
 from models.settings import Settings, env_var_for
+from tests.loan_helpers import record_if_asked
 from worker import build_worker
 from workflows.health import HealthCheckWorkflow
 
@@ -47,9 +48,11 @@ SECRET = "hgs-9b2e6a17c4d84f03a55e"
 async def test_health_check_runs_through_the_production_registration(dev_env: WorkflowEnvironment, settings: Settings,
                                                                    store: Store, task_queue: str):
     async with build_worker(dev_env.client, settings, store, VenuePool(settings), task_queue=task_queue):
+        workflow_id = f"health-{uuid.uuid4()}"
         report = await dev_env.client.execute_workflow(
-            HealthCheckWorkflow.run, ReadinessRequest(requested_by="test"), id=f"health-{uuid.uuid4()}",
+            HealthCheckWorkflow.run, ReadinessRequest(requested_by="test"), id=workflow_id,
             task_queue=task_queue, result_type=HealthReport)
+        await record_if_asked(dev_env.client, workflow_id, "HealthCheckWorkflow")
     assert report.readiness.mode == "paper"
     assert report.readiness.store_current and report.readiness.store_revision == Store.head_revision()
 

@@ -4,9 +4,9 @@ sdk-core (temporalio 1.35) can hand a cached run new events (a timer fired, an a
 task's history before their workflow task has started: it happens when the run's tasks have gone to the normal
 queue (its sticky queue was lost: a dev server restart, a worker slow to poll) and a query arrives then. That
 activation carries the previous task's time, so `workflow.now()` is behind the events it delivers. A loan guard
-whose hedge check was due saw it as not yet due and started a timer where every replay reads the hedge
-(tests/histories/known-bad, from a chaos run): the live run went on with a command no replay makes, and the next
-worker to load the run failed on it at every attempt, leaving the loan unguarded.
+whose hedge check was due saw it as not yet due and started a timer where every replay reads the hedge (a chaos
+run): the live run went on with a command no replay makes, and the next worker to load the run failed on it at
+every attempt, leaving the loan unguarded.
 
 The sign, seen from the worker: a live activation with work in it whose history is longer than the previous
 activation's while its time has not moved. A new workflow task always starts at a new time; activations within

@@ -1,6 +1,6 @@
-"""HedgeWorkflow: drives one venue position to the target its book asks for. The only code that places
-hedge orders, but for a loan's reflex (activities/reflex.py: the feed sends the first order of a band crossing
-on the tick); a retarget names such orders, and the hedge brings their fills into its ledger before it plans.
+"""HedgeWorkflow: drives one venue position to the target its book asks for. The only code that places,
+amends or cancels exchange orders: a book steers it (target, urgency, risk, pause, close) and nothing else
+talks to a venue's order endpoints.
 
 One loop, woken by a signal, an update or a timer:
   - an open order is checked every `fill_check_s`; after `replace_after_s` it is cancelled and the rest
@@ -28,7 +28,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.common import BOOK_SENDER, alert_once, continue_as_new_due, operator_summary, patched, read, take_patch_set
+from workflows.common import BOOK_SENDER, alert_once, continue_as_new_due, operator_summary
 
 with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
@@ -82,7 +82,6 @@ def client_order_id(hedge_id: str, seq: int, tag: str = "") -> str:
 class HedgeWorkflow:
     @workflow.init
     def __init__(self, inp: HedgeInput) -> None:
-        take_patch_set(self)
         self.inp = inp
         self.ref = HedgeRef(hedge_id=inp.hedge_id, venue=inp.venue, account=inp.account, symbol=inp.symbol)
         self.policy: OrderPolicy = inp.policy
@@ -107,7 +106,6 @@ class HedgeWorkflow:
         self.realised = c.realised_pnl if c else ZERO
         self.unrealised = c.unrealised_pnl if c else ZERO
         self.open_order: OpenOrder | None = c.open_order if c else None
-        self.reflex_checks: list[str] = list(c.reflex_checks) if c else list(inp.reflexes)
         self.market: MarketFacts | None = None
         self.blocked: str | None = None
         self.retry_at: datetime | None = None
@@ -135,9 +133,6 @@ class HedgeWorkflow:
             raise ApplicationError("the hedge is closing; it takes no new target")
 
     def _apply_target(self, change: TargetChange) -> None:
-        if change.reflexes:  # booked even by a closing hedge: what it closes must include them (a repeat is harmless)
-            self.reflex_checks += [cid for cid in change.reflexes if cid not in self.reflex_checks]
-            self.wake = True
         if self.closing or (change.seq and change.seq <= self.target_seq):
             return  # closing hedges take no new target; a repeated or older signal changes nothing
         self.target_seq = max(self.target_seq, change.seq)
@@ -219,8 +214,6 @@ class HedgeWorkflow:
                     workflow.continue_as_new(inp.model_copy(update={"policy": self.policy, "carry": self._carry()}))
                 now = workflow.now()
                 try:
-                    if self.reflex_checks:
-                        await self._book_reflexes()
                     if (not self.risk_active and self.risk_cleared_at is not None and not self.closing
                             and now >= self.risk_cleared_at + timedelta(seconds=self.policy.expiry_s)):
                         workflow.logger.info("risk cleared %ss ago: closing %s", self.policy.expiry_s,
@@ -249,10 +242,8 @@ class HedgeWorkflow:
             raise
 
     async def _flat_at_venue(self) -> bool:
-        """A fill the hedge was not told of (a reflex the feed sent as the close began) is in the venue's list by
-        now: a hedge is CLOSED only if its ledger is still flat after one more sync."""
-        if not patched("sync-before-closed"):
-            return True
+        """A hedge is CLOSED only if its ledger is still flat after one more sync: a fill that landed after the
+        last sync (the close's own order filling late) is in the venue's list by now."""
         try:
             await self._sync()
         except ActivityError as err:
@@ -268,24 +259,18 @@ class HedgeWorkflow:
         this (with alerts) instead of failing the hedge."""
         while True:
             try:
-                record: HedgeRecord | None = await read("hedge_ensure", EnsureHedge(
+                record: HedgeRecord = await workflow.execute_activity("hedge_ensure", EnsureHedge(
                     ref=self.ref, book=inp.book, exposure_id=inp.exposure_id, side=inp.side, target=self.target),
-                    result_type=HedgeRecord | None, **STORE_CALL)
-                if record is None:
-                    pass  # a run started before hedge_ensure answered (its history holds None): as it was then
-                elif inp.carry is None:
+                    result_type=HedgeRecord, **STORE_CALL)
+                if inp.carry is None:
                     if record.status == HedgeStatus.CLOSED:
                         raise ApplicationError(f"hedge {self.ref.hedge_id} is closed; a new hedge needs a new id",
                                                type="HedgeClosed", non_retryable=True)
                     if record.existed:
                         self.client_tag = workflow.uuid4().hex[:4]
-                self.since_ms = record.created_ms if record is not None else None
-                self.market = await read("hedge_market", MarketRequest(ref=self.ref), result_type=MarketFacts,
-                                         **VENUE_CALL)
-                if inp.reflexes and inp.carry is None and self.reflex_checks:
-                    # sent before this hedge existed, so before its ledger's start: booked by their ids, or the
-                    # first reconciliation would see a position the ledger does not hold
-                    await self._book_reflexes()
+                self.since_ms = record.created_ms
+                self.market = await workflow.execute_activity("hedge_market", MarketRequest(ref=self.ref),
+                                                              result_type=MarketFacts, **VENUE_CALL)
                 await self._sync(reconcile=True)
                 self.blocked = None
                 return
@@ -320,7 +305,7 @@ class HedgeWorkflow:
 
     async def _sleep(self) -> None:
         now = workflow.now()
-        if self._idle() and patched("idle-reconcile"):
+        if self._idle():
             idle_due = self.reconciled_at + timedelta(seconds=self.policy.idle_reconcile_every_s)
             self.next_reconcile = max(self.next_reconcile, idle_due)
         timers = [("reconcile", self.next_reconcile)]
@@ -356,7 +341,7 @@ class HedgeWorkflow:
         if now >= order.replace_at:
             await self._cancel_open(escalate=True)
             return
-        state: OrderState | None = await read(
+        state: OrderState | None = await workflow.execute_activity(
             "hedge_order", OrderLookup(ref=self.ref, client_order_id=order.client_order_id),
             result_type=OrderState | None, **VENUE_CALL)
         if state is None or not state.status.is_open:
@@ -364,25 +349,6 @@ class HedgeWorkflow:
         elif state.filled > order.filled:
             await self._sync(expect={order.client_order_id: state.filled})
             order.filled = state.filled
-
-    async def _book_reflexes(self) -> None:
-        """Reflex orders the feed may have placed for this hedge: their fills go into the ledger before anything
-        is planned, so the position they built is not built again. An IOC leaves nothing resting; one a venue
-        left resting is cancelled (the hedge's own orders take it from here)."""
-        expect: dict[str, Decimal] = {}
-        checked = list(self.reflex_checks)  # a retarget during the lookups may name more: they stay for next time
-        for cid in checked:
-            lookup = OrderLookup(ref=self.ref, client_order_id=cid)
-            state: OrderState | None = await workflow.execute_activity("hedge_order", lookup,
-                                                                       result_type=OrderState | None, **VENUE_CALL)
-            if state is not None and state.status.is_open:
-                state = await workflow.execute_activity("hedge_cancel", lookup, result_type=OrderState | None,
-                                                        **VENUE_CALL)
-            if state is not None and state.filled > 0:
-                expect[cid] = state.filled
-        if expect:
-            await self._sync(expect=expect)
-        self.reflex_checks = [cid for cid in self.reflex_checks if cid not in checked]
 
     def _order_obsolete(self, order: OpenOrder) -> bool:
         """Whether the target moved so that the resting order now points the wrong way or too far."""
@@ -414,8 +380,7 @@ class HedgeWorkflow:
         self.open_order = None
         if state is not None and filled >= order.qty:
             self.step = start_step(self.urgency, self._kinds())  # a full fill: the next order starts afresh
-        elif (state is not None and state.reject_reason == RejectReason.POST_ONLY_WOULD_CROSS
-              and patched("escalate-late-post-only-cancel")):
+        elif state is not None and state.reject_reason == RejectReason.POST_ONLY_WOULD_CROSS:
             self._escalate()  # cancelled for crossing: move on a rung
             self.wake = True
         elif self.policy.ladder[min(order.step, len(self.policy.ladder) - 1)].kind == StepKind.IOC:
@@ -426,7 +391,7 @@ class HedgeWorkflow:
         has nothing to bring in: at a band crossing every hedge of a book replaces its passive orders every
         `replace_after_s`, and a sync after each unfilled cancel was an activity and a workflow task for nothing,
         on a server the other loans wait for. Funding and liquidations come in with the reconcile."""
-        if final is not None and final.filled == order.filled and patched("sync-only-new-fills"):
+        if final is not None and final.filled == order.filled:
             return
         filled = final.filled if final is not None else order.filled
         await self._sync(expect={order.client_order_id: filled} if filled > 0 else {})
@@ -444,14 +409,8 @@ class HedgeWorkflow:
         if step is None:
             self.blocked = None
             return
-        quote: QuoteFacts
-        if patched("local-quote"):
-            # a read, run in this workflow task: no round trip through the server before the order goes out
-            quote = await workflow.execute_local_activity("hedge_quote", MarketRequest(ref=self.ref),
-                                                          result_type=QuoteFacts, **VENUE_CALL)
-        else:
-            quote = await workflow.execute_activity("hedge_quote", MarketRequest(ref=self.ref),
-                                                    result_type=QuoteFacts, **VENUE_CALL)
+        quote: QuoteFacts = await workflow.execute_activity("hedge_quote", MarketRequest(ref=self.ref),
+                                                            result_type=QuoteFacts, **VENUE_CALL)
         if self._next_step() != step or not self._may_place():
             return  # a signal changed the picture while the quote was fetched: plan again
         rung = self.policy.ladder[min(self.step, len(self.policy.ladder) - 1)]
@@ -491,8 +450,7 @@ class HedgeWorkflow:
                                     replace_at=placed_at + timedelta(seconds=self.policy.replace_after_s))
         if not outcome.order.status.is_open:
             await self._order_done(outcome.order)
-            if patched("replan-after-closed-order"):  # runs from before this change keep their timers
-                self.wake = True  # closed on arrival: look at what is left now, not at the next timer
+            self.wake = True  # closed on arrival: look at what is left now, not at the next timer
         elif outcome.order.filled > 0:
             await self._sync(expect={cid: outcome.order.filled})
             self.open_order.filled = outcome.order.filled
@@ -509,7 +467,7 @@ class HedgeWorkflow:
         self._alert("CRITICAL", "refused", f"hedge {self.ref.hedge_id}: order refused", self.blocked)
 
     async def _sync(self, *, expect: dict[str, Decimal] | None = None, reconcile: bool = False) -> None:
-        result: SyncResult = await read(
+        result: SyncResult = await workflow.execute_activity(
             "hedge_sync", SyncRequest(ref=self.ref, cursor=self.cursor, since_ms=self.since_ms, expect_filled=expect or {},
                                       reconcile=reconcile),
             result_type=SyncResult, **VENUE_CALL)
@@ -562,7 +520,7 @@ class HedgeWorkflow:
                           cursor=self.cursor, paused=self.paused, risk_active=self.risk_active,
                           risk_cleared_at=self.risk_cleared_at, closing=self.closing, urgency=self.urgency,
                           target_seq=self.target_seq, last_fill=self.last_fill, realised_pnl=self.realised,
-                          unrealised_pnl=self.unrealised, open_order=self.open_order, reflex_checks=self.reflex_checks)
+                          unrealised_pnl=self.unrealised, open_order=self.open_order)
 
     def _operator(self, what: str, by: str) -> None:
         if by.startswith(BOOK_SENDER):  # the hedge's own book steering it, not a person

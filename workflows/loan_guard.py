@@ -5,13 +5,11 @@ Keeps a Bybit BTC-collateralised USDT loan near its target LTV and under critica
     `stale_after_s` and the guard alerts and polls the price itself until the feed is back;
   - the loan (debt, interest, collateral) is read every `sync_every_s` and after every treasury action;
   - the band (risk/loan.py) sets the child HedgeWorkflow's short target and urgency; that workflow is started when
-    the loan first needs a short (or its reflex went out), so a loan at rest is this one workflow;
+    the loan first needs a short, so a loan at rest is this one workflow;
   - from CAUTION up, unrealised hedge profit is realised (the hedge is asked down by the realised part
     and back up at once: realise-and-re-hedge) and the treasury turns realised profit into collateral
     (LTV above caution), repayment (below repay_below) or reserve; at CRITICAL the reserve repays;
-  - the hedge's own liquidation price is watched: alert, and top up its margin from the reserve;
-  - the next upward band crossing is armed in the feed subscription (activities/reflex.py): the feed sends its
-    first order on the tick, and the retarget that follows names that order so the hedge books it first.
+  - the hedge's own liquidation price is watched: alert, and top up its margin from the reserve.
 `pause` keeps watching and alerting but trades nothing and moves no money; `force_close` closes the hedge
 now (and pauses); `unenrol` closes the hedge and ends the workflow once it is flat.
 Money moves carry keys derived from the loan id and a sequence kept here: a retry never moves money twice.
@@ -19,7 +17,6 @@ Money moves carry keys derived from the loan id and a sequence kept here: a retr
 
 from __future__ import annotations
 
-import asyncio
 from datetime import datetime, timedelta
 from decimal import ROUND_DOWN, Decimal
 from typing import Any
@@ -28,17 +25,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 
-from workflows.common import (
-    ALERT_CALL,
-    BOOK_SENDER,
-    alert_once,
-    continue_as_new_due,
-    operator_summary,
-    patched,
-    read,
-    take_patch_set,
-)
-from workflows.hedge import client_order_id
+from workflows.common import ALERT_CALL, BOOK_SENDER, alert_once, continue_as_new_due, operator_summary
 
 with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
@@ -46,7 +33,6 @@ with workflow.unsafe.imports_passed_through():
     from models.ledger import Book, HedgeSide, HedgeStatus
     from models.loan import LoanSnapshot
     from models.loan_guard import (
-        ArmedReflex,
         BandSettings,
         FeedSubscription,
         FeedUnsubscribe,
@@ -81,7 +67,7 @@ with workflow.unsafe.imports_passed_through():
         risk_price,
         urgency_for,
     )
-    from risk.pricing import StepKind, round_down_to_step
+    from risk.pricing import round_down_to_step
 
 ZERO = Decimal(0)
 QTY_STEP = Decimal("0.001")  # until the hedge's market facts are read
@@ -105,7 +91,6 @@ def summary_line(loan_id: str, ltv: Decimal | None, band: Band, short_btc: Decim
 class LoanGuardWorkflow:
     @workflow.init
     def __init__(self, inp: LoanGuardInput) -> None:
-        take_patch_set(self)
         self.inp = inp
         self.ref = LoanRef(loan_id=inp.loan_id, venue=inp.venue, account=inp.account, symbol=inp.symbol)
         self.cfg: BandSettings = inp.bands
@@ -147,15 +132,8 @@ class LoanGuardWorkflow:
         self.next_facts: datetime | None = None
         self.hedge_paused_sent = c.hedge_paused_sent if c and c.hedge_paused_sent is not None else self.paused
         self.pending: PendingMove | None = c.pending if c else None
-        self.reflex_seq = c.reflex_seq if c else 0
-        self.armed: ArmedReflex | None = c.armed if c else None
-        self.reflex_report: list[str] = list(c.reflex_report) if c else []  # reflex ids the hedge is to look up
         self.subscribed: FeedSubscription | None = c.subscribed if c else None
-        # the armed id the feed may hold: set before a subscription carrying it is sent, cleared only once one
-        # without it is acknowledged (a send that failed after its signal landed leaves it set)
-        self.feed_reflex: str | None = c.feed_reflex if c else None
-        self.leverage_set = c.leverage_set if c else False  # the hedge's leverage, set before its first reflex is armed
-        self._subscribing = asyncio.Lock()
+        self.leverage_set = c.leverage_set if c else False
         self.treasury_backoff: datetime | None = None
         self.retry_at: datetime | None = None
         self.wake = False
@@ -172,12 +150,6 @@ class LoanGuardWorkflow:
         if tick.source == "feed":
             self.feed_at = workflow.now()
             self.feed_lost = None
-        # the feed sent our armed order on this tick: it is spent, and the hedge books it (a late tick naming the
-        # order of a hedge that has ended is not for the hedge there is now)
-        if tick.reflex is not None and tick.reflex_hedge == self._hedge_id():
-            self._report_reflex(tick.reflex)
-            if self.armed is not None and self.armed.client_order_id == tick.reflex:
-                self._retire_reflex()
         self.tick = tick
         self.wake = True
 
@@ -279,8 +251,7 @@ class LoanGuardWorkflow:
             last_treasury=self.last_treasury, treasury_actions=self.treasury_seq, paused=self.paused,
             hedge_closed=self.hedge_closed, hedge_started=self.hedge_started, unenrolling=self.unenrolling, bands=self.cfg,
             always_repay=self.inp.always_repay, next_sync_at=self.next_sync,
-            summary=summary_line(self.inp.loan_id, ltv, self.band, current),
-            reflex_armed=self.feed_reflex)
+            summary=summary_line(self.inp.loan_id, ltv, self.band, current))
 
     # -- the loop -------------------------------------------------------------------------------
     @workflow.run
@@ -289,31 +260,24 @@ class LoanGuardWorkflow:
         if not self.tag:  # distinguishes this enrolment's hedge and money keys from an earlier one's
             self.tag = workflow.uuid4().hex[:4]
         self._show()
-        self._disarmer = asyncio.create_task(self._keep_feed_disarmed())
         while True:
             if self._should_continue_as_new():
-                # and no subscription on its way to the feed: the next run must know what the feed holds
-                await workflow.wait_condition(lambda: workflow.all_handlers_finished() and not self._subscribing.locked())
+                await workflow.wait_condition(workflow.all_handlers_finished)
                 workflow.continue_as_new(inp.model_copy(update={"bands": self.cfg, "carry": self._carry()}))
             now = workflow.now()
             if self.retry_at is None or now >= self.retry_at:
                 self.retry_at = None
                 try:
                     await self._step(now)
-                    if (self.subscribed is not None and self.tick is not None and self.collateral > 0
-                            and patched("reflex")):
-                        await self._subscribe()  # the step moved the hedge on (realising, a treasury move): re-arm
                 except ActivityError as err:
                     cause = err.cause.message if isinstance(err.cause, ApplicationError) else str(err.cause or err)
                     self._alert("CRITICAL", "venue", f"loan {inp.loan_id}: venue call failing", cause)
                     self.retry_at = workflow.now() + timedelta(seconds=inp.timing.poll_every_s)
             self._show()
-            if (self.unenrolling and (self.hedge_closed or not self.hedge_started) and self.pending is None
-                    and not self._hedge_owed()):
+            if self.unenrolling and (self.hedge_closed or not self.hedge_started) and self.pending is None:
                 try:
-                    async with self._subscribing:  # after any disarm on its way, not before it
-                        await workflow.execute_activity("feed_unsubscribe", FeedUnsubscribe(
-                            loan_id=inp.loan_id, venue=inp.venue, symbol=inp.symbol), **VENUE_CALL)
+                    await workflow.execute_activity("feed_unsubscribe", FeedUnsubscribe(
+                        loan_id=inp.loan_id, venue=inp.venue, symbol=inp.symbol), **VENUE_CALL)
                 except ActivityError:
                     pass  # the feed drops a loan it cannot signal; nothing here depends on it
                 await workflow.execute_activity("raise_alert", Alert(
@@ -331,22 +295,20 @@ class LoanGuardWorkflow:
             return
         if self.collateral > 0:
             self._evaluate()
-            if patched("hedge-before-subscribe"):
-                await self._steer_hedge()  # a band change reaches the hedge before the feed hears of it
-            if not self.hedge_started and not self.leverage_set and self._on_demand():
-                await self._set_leverage()  # the reflex may open this hedge: its leverage is set before it is armed
+            await self._steer_hedge()  # a band change reaches the hedge before the feed hears of it
             await self._subscribe()
         else:
             self.ltv = None  # no loan at the venue any more: the hedge target falls to 0 with the collateral
         await self._steer_hedge()
         if self.hedge_started and not self.hedge_closed and (self.next_facts is None or workflow.now() >= self.next_facts):
-            self.facts = await read("loan_hedge_facts", self._facts_request(), result_type=HedgeFacts, **VENUE_CALL)
+            self.facts = await workflow.execute_activity("loan_hedge_facts", self._facts_request(),
+                                                         result_type=HedgeFacts, **VENUE_CALL)
             hedged = ((self.sent_target or ZERO) > 0 or self.facts.size != 0 or self.realising is not None
                       or self.closing_hedge)
             if hedged:
                 every = t.hedge_check_s
             else:  # a flat hedge wanting nothing has nothing to report: read it rarely
-                every = t.idle_hedge_check_s if patched("idle-hedge-check") else t.sync_every_s
+                every = t.idle_hedge_check_s
             self.next_facts = workflow.now() + timedelta(seconds=every)
             if self.closing_hedge and self.facts.status == HedgeStatus.CLOSED:
                 self._hedge_ended("closed")
@@ -365,7 +327,8 @@ class LoanGuardWorkflow:
 
     # -- the loan and its price --------------------------------------------------------------------------
     async def _sync_loan(self) -> None:
-        snap: LoanSnapshot = await read("loan_read", self.ref, result_type=LoanSnapshot, **VENUE_CALL)
+        snap: LoanSnapshot = await workflow.execute_activity("loan_read", self.ref, result_type=LoanSnapshot,
+                                                             **VENUE_CALL)
         if snap.collateral_btc <= 0 and snap.debt <= 0:
             self._alert("CRITICAL", "loan-gone", f"loan {self.inp.loan_id}: the venue shows no ongoing loan",
                         "repaid or liquidated outside hedgeguard? unenrol it or check the account")
@@ -386,7 +349,7 @@ class LoanGuardWorkflow:
                 self._alert("WARNING", "feed", f"loan {self.inp.loan_id}: price feed stale",
                             f"{why}; polling the price every {t.poll_every_s} s")
             if self.next_poll is None or now >= self.next_poll:
-                self.tick = await read("loan_price", PriceRequest(
+                self.tick = await workflow.execute_activity("loan_price", PriceRequest(
                     venue=self.inp.venue, account=self.inp.account, symbol=self.inp.symbol),
                     result_type=PriceTick, **VENUE_CALL)
                 self.next_poll = workflow.now() + timedelta(seconds=t.poll_every_s)
@@ -408,82 +371,18 @@ class LoanGuardWorkflow:
                         f"hedge target {self._target_for(band)[0]} BTC",
                         topic=f"LTV alerts for {self.inp.loan_id}", figure=self.ltv.quantize(Decimal("0.01")), unit="%")
             self.band = band
-            if self.armed is not None and band > self.armed.from_band:  # the feed may have sent it on this tick
-                self._report_reflex(self.armed.client_order_id)
-                self._retire_reflex()
-
-    # -- the reflex (activities/reflex.py) -------------------------------------------------------------
-    def _report_reflex(self, reflex_id: str) -> None:
-        if reflex_id not in self.reflex_report:
-            self.reflex_report.append(reflex_id)
-
-    def _retire_reflex(self) -> None:
-        """An armed id is used for one content only: once spent or changed it may have fired, so never again."""
-        self.armed = None
-        self.reflex_seq += 1
-
-    def _arm(self) -> ArmedReflex | None:
-        """The order the feed sends if a tick lifts the loan out of its band: armed while the guard steers a live,
-        unpaused hedge and there is a band above."""
-        ioc = next((step for step in reversed(self.inp.hedge_policy.ladder) if step.kind == StepKind.IOC), None)
-        # the short the hedge was asked for; a hedge not opened yet was asked for none, and its reflex opens it
-        base = self.sent_target if self.hedge_started else ZERO if self.leverage_set else None
-        if (not patched("reflex") or ioc is None or base is None or self.hedge_closed
-                or self.closing_hedge or self.paused or self.unenrolling or self.realising is not None
-                or self.band >= Band.CRITICAL or self.collateral <= 0):
-            wanted = None
-        else:
-            policy = self.inp.hedge_policy
-            wanted = (int(self.band), base, ioc.bps, policy.price_band_bps, policy.max_order_qty)
-        armed = self.armed
-        if armed is not None and (armed.from_band, armed.base_btc, armed.ioc_bps, armed.price_band_bps,
-                                  armed.max_qty) != wanted:
-            self._retire_reflex()
-        if wanted is not None and self.armed is None:
-            self.armed = ArmedReflex(client_order_id=client_order_id(self._hedge_id(), self.reflex_seq, "x"),
-                                     hedge_id=self._hedge_id(), from_band=wanted[0], base_btc=wanted[1],
-                                     ioc_bps=wanted[2], price_band_bps=wanted[3], max_qty=wanted[4])
-        return self.armed
-
-    async def _keep_feed_disarmed(self) -> None:
-        """A pause, force-close or unenrol takes the armed reflex out of the feed at once, also while the loop
-        waits on a venue call that is failing (a loan read retries for minutes): the feed is ours to change."""
-        t = self.inp.timing
-        while True:
-            await workflow.wait_condition(lambda: self.feed_reflex is not None and self._disarm_due())
-            try:
-                await self._subscribe()
-            except ActivityError as err:
-                self._alert("CRITICAL", "reflex", f"loan {self.inp.loan_id}: cannot disarm the feed's reflex order",
-                            f"{err.cause or err}; trying again in {t.poll_every_s} s")
-                await workflow.sleep(timedelta(seconds=t.poll_every_s))
-
-    def _disarm_due(self) -> bool:
-        return self.paused or self.closing_hedge or self.unenrolling or self.hedge_closed
 
     async def _subscribe(self) -> None:
-        async with self._subscribing:  # one at a time, each built from the state when it goes: the last one holds
-            await self._send_subscription()
-
-    async def _send_subscription(self) -> None:
+        """Tell the feed what it needs to value this loan; only the band moving is no news to it (it told us)."""
         t = self.inp.timing
         sub = FeedSubscription(loan_id=self.inp.loan_id, venue=self.inp.venue, account=self.inp.account,
                                symbol=self.inp.symbol, debt=self.principal + self.interest, collateral_btc=self.collateral,
-                               bands=self.cfg, band=int(self.band), keepalive_s=t.keepalive_s, ltv_step_pct=t.ltv_step_pct,
-                               reflex=self._arm())
-        disarming = sub.reflex is None and self.feed_reflex is not None
-        # an unenrolling loan only ever disarms (the feed drops it once the hedge is closed)
-        if (sub == self.subscribed and not disarming) or (self.unenrolling and not disarming):
+                               bands=self.cfg, band=int(self.band), keepalive_s=t.keepalive_s, ltv_step_pct=t.ltv_step_pct)
+        if self.unenrolling or (self.subscribed is not None
+                                and sub.model_copy(update={"band": self.subscribed.band}) == self.subscribed):
             return
-        if (self.subscribed is not None and sub.model_copy(update={"band": self.subscribed.band}) == self.subscribed
-                and not disarming and patched("no-resubscribe-for-band")):
-            return  # only the band moved: the feed told us of it and anchors on what it told
-        if sub.reflex is not None:
-            self.feed_reflex = sub.reflex.client_order_id
-        await read("feed_subscribe", sub, **VENUE_CALL)
+        await workflow.execute_activity("feed_subscribe", sub, **VENUE_CALL)
         self.subscribed = sub
-        if sub.reflex is None:
-            self.feed_reflex = None
 
     # -- the hedge ------------------------------------------------------------------------------------
     def _hedge_id(self) -> str:
@@ -503,32 +402,13 @@ class LoanGuardWorkflow:
             return max(ZERO, band_target - self.realising.qty), "critical"
         return band_target, urgency
 
-    def _on_demand(self) -> bool:
-        """A loan's hedge workflow opens when the loan first needs a short, or when a reflex was sent for it, not
-        at enrolment: a loan at rest is one workflow, not two (bench/README.md, scale)."""
-        return patched("hedge-on-demand")
-
-    def _hedge_owed(self) -> bool:
-        """A reflex went out for a hedge not opened yet: that hedge must open and book it, whatever else holds."""
-        return not self.hedge_started and bool(self.reflex_report)
-
-    def _hedge_wanted(self, target: Decimal) -> bool:
-        return self._hedge_owed() or not self._on_demand() or (target > 0 and not self.paused)
-
     async def _steer_hedge(self) -> None:
-        if self._hedge_owed() and (self.closing_hedge or self.unenrolling):
-            # a reflex left just before the close: the hedge opens to book it, and the close below takes it out
-            await self._start_hedge(ZERO, "normal")
         if self.unenrolling and not self.hedge_started:
             return
         if self.closing_hedge and not self.hedge_started:
             self.closing_hedge, self.hedge_closed = False, True  # nothing was started: nothing to close
         if self.closing_hedge or self.hedge_closed:
             if self.closing_hedge and self.sent_target is not None:
-                if self.feed_reflex is not None:  # no reflex may leave after the close has begun
-                    await self._subscribe()
-                if self.reflex_report:  # and those that left before it are closed with the rest
-                    await self._retarget(self.sent_target, self.sent_urgency or "normal")
                 await self._signal_hedge("force_close", f"{BOOK_SENDER} {self.inp.loan_id}: "
                                          + ("unenrol" if self.unenrolling else "operator"))
                 self.sent_target = None
@@ -541,34 +421,28 @@ class LoanGuardWorkflow:
                 return
         target, urgency = self._target()
         if not self.hedge_started:
-            if not self._hedge_wanted(target):
+            if target <= 0 or self.paused:  # opened when the loan first needs a short: at rest a loan is one workflow
                 return
             await self._start_hedge(target, urgency)
         if self.paused != self.hedge_paused_sent:
             await self._signal_hedge("pause" if self.paused else "resume", f"{BOOK_SENDER} {self.inp.loan_id}")
             self.hedge_paused_sent = self.paused
-        if (target, urgency) != (self.sent_target, self.sent_urgency) or self.reflex_report:
+        if (target, urgency) != (self.sent_target, self.sent_urgency):
             await self._retarget(target, urgency)
             self.sent_target, self.sent_urgency = target, urgency
-            # read the hedge at its usual interval: a read 1 s after every retarget rarely saw a fill yet, and a
-            # thousand loans retargeted by one tick spent the dev server on those reads (bench.latency)
-            soon = self.inp.timing.hedge_check_s if patched("facts-at-check-interval") else 1
-            self.next_facts = workflow.now() + timedelta(seconds=soon)
+            # read the hedge at its usual interval: a read 1 s after every retarget rarely saw a fill yet
+            self.next_facts = workflow.now() + timedelta(seconds=self.inp.timing.hedge_check_s)
 
     async def _set_leverage(self) -> None:
-        await read("loan_hedge_leverage", HedgeLeverage(
+        await workflow.execute_activity("loan_hedge_leverage", HedgeLeverage(
             venue=self.inp.venue, account=self.inp.account, symbol=self.inp.symbol, leverage=self.inp.hedge_leverage),
             **VENUE_CALL)
         self.leverage_set = True
 
     async def _start_hedge(self, target: Decimal, urgency: str) -> None:
-        # an on-demand hedge is told of the reflexes sent before it existed in its input, so that it books them
-        # before its first reconciliation (the retarget that follows could reach it after that)
-        reflexes = tuple(self.reflex_report) if self._on_demand() else ()
         hedge = HedgeInput(hedge_id=self._hedge_id(), book=Book.LOAN.value, exposure_id=self.inp.loan_id,
                            venue=self.inp.venue, account=self.inp.account, symbol=self.inp.symbol,
-                           side=HedgeSide.SHORT, target=ZERO if self.paused else target, policy=self.inp.hedge_policy,
-                           reflexes=reflexes)
+                           side=HedgeSide.SHORT, target=ZERO if self.paused else target, policy=self.inp.hedge_policy)
         if not self.leverage_set:
             await self._set_leverage()
         try:
@@ -576,23 +450,18 @@ class LoanGuardWorkflow:
                 "HedgeWorkflow", hedge, id=f"hedge-{hedge.hedge_id}", static_summary=hedge.summary(),
                 parent_close_policy=workflow.ParentClosePolicy.ABANDON)
         except WorkflowAlreadyStartedError:
-            pass  # a previous run started it: steer it by signals as usual (the retarget names the reflexes)
-        else:
-            self.reflex_report = [cid for cid in self.reflex_report if cid not in reflexes]
+            pass  # a previous run started it: steer it by signals as usual
         self.hedge_started, self.sent_target, self.sent_urgency = True, target, urgency
         self.hedge_paused_sent = False
-        if self.paused and patched("pause-before-retarget"):
+        if self.paused:
             # a paused guard's new hedge must hold its target, not trade on it before the pause arrives
             await self._signal_hedge("pause", f"{BOOK_SENDER} {self.inp.loan_id}")
             self.hedge_paused_sent = True
         await self._retarget(target, urgency)
 
     async def _retarget(self, target: Decimal, urgency: str) -> None:
-        """A new target for the hedge, naming the reflex orders it has not been told of yet."""
         self.target_seq += 1
-        reflexes, self.reflex_report = tuple(self.reflex_report), []
-        await self._signal_hedge("retarget", TargetChange(target=target, urgency=urgency, seq=self.target_seq,
-                                                          reflexes=reflexes))
+        await self._signal_hedge("retarget", TargetChange(target=target, urgency=urgency, seq=self.target_seq))
 
     async def _signal_hedge(self, name: str, arg: Any = None) -> None:
         handle = workflow.get_external_workflow_handle(f"hedge-{self._hedge_id()}")
@@ -612,9 +481,6 @@ class LoanGuardWorkflow:
             self._record(TreasuryRecord(key=self._next_key("k"), kind="reserve", usdt=left, at=workflow.now(),
                                         note=f"profit of hedge {self._hedge_id()}, {how}"))
         self.allocated = ZERO  # the next hedge's ledger starts from zero
-        self.reflex_report = []  # ids of the hedge that ended: its ledger is closed
-        if self.armed is not None:
-            self._retire_reflex()
         self.closing_hedge, self.hedge_closed = False, True
         self.sent_target = None
         self._alert("INFO", "hedge-closed", f"loan {self.inp.loan_id}: hedge {how}", self._hedge_id())
@@ -691,7 +557,7 @@ class LoanGuardWorkflow:
         facts = self.facts
         assert facts is not None and self.ltv is not None
         lost = loss_to_write_off(facts.realised_pnl, self.allocated)
-        if lost > 0 and patched("treasury-write-off"):
+        if lost > 0:
             self.allocated -= lost
             self.written_off += lost
         available = facts.realised_pnl - self.allocated
@@ -813,13 +679,12 @@ class LoanGuardWorkflow:
         if continue_as_new_due(self.inp.continue_as_new_after or CONTINUE_AS_NEW_AFTER):
             return True
         rest_limit = self.inp.rest_continue_as_new_after or REST_CONTINUE_AS_NEW_AFTER
-        return (self._at_rest() and workflow.info().get_current_history_length() >= rest_limit
-                and patched("rest-continue-as-new"))
+        return self._at_rest() and workflow.info().get_current_history_length() >= rest_limit
 
     def _at_rest(self) -> bool:
         """SAFE with nothing in flight: a new run costs the loan nothing now, and frees what this one holds."""
         return (self.band == Band.SAFE and self.pending is None and self.realising is None and not self.closing_hedge
-                and not self.unenrolling and self.retry_at is None and not self._hedge_owed()
+                and not self.unenrolling and self.retry_at is None
                 and (not self.hedge_started or not self.sent_target))
 
     def _carry(self) -> LoanCarry:
@@ -833,9 +698,8 @@ class LoanGuardWorkflow:
                          unenrolling=self.unenrolling, realising=self.realising, max_ltv=self.max_ltv,
                          tag=self.tag, closing_hedge=self.closing_hedge, realisations=self.realisations,
                          realised_btc=self.realised_btc, realised_notional=self.realised_notional,
-                         hedge_paused_sent=self.hedge_paused_sent, pending=self.pending, reflex_seq=self.reflex_seq,
-                         armed=self.armed, reflex_report=self.reflex_report, subscribed=self.subscribed,
-                         feed_reflex=self.feed_reflex, leverage_set=self.leverage_set,
+                         hedge_paused_sent=self.hedge_paused_sent, pending=self.pending, subscribed=self.subscribed,
+                         leverage_set=self.leverage_set,
                          shown_facts=self._last_facts())
 
     def _alert(self, severity: str, kind: str, title: str, text: str, *, topic: str | None = None,
