@@ -14,7 +14,8 @@ import sys
 from datetime import timedelta
 
 from temporalio.client import Client
-from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkflowRunner
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker, WorkerDeploymentConfig, WorkflowRunner
 from temporalio.worker.workflow_sandbox import SandboxedWorkflowRunner, SandboxRestrictions
 
 from activities import build_activities, build_alert_activities
@@ -48,6 +49,16 @@ def workflow_runner(settings: Settings) -> WorkflowRunner:
     return ClockGuardedRunner(SANDBOX if settings.workflow_sandbox else UnsandboxedWorkflowRunner())
 
 
+def deployment(settings: Settings) -> WorkerDeploymentConfig | None:
+    """Worker Versioning when a deployment name is set (README, "Versioning"): every run is pinned to the version it
+    started on and a long-lived one moves at continue-as-new. Unset (make run, the tests): unversioned workers."""
+    if not settings.deployment_name:
+        return None
+    version = WorkerDeploymentVersion(deployment_name=settings.deployment_name, build_id=settings.build_id)
+    return WorkerDeploymentConfig(version=version, use_worker_versioning=True,
+                                  default_versioning_behavior=VersioningBehavior.PINNED)
+
+
 def build_worker(client: Client, settings: Settings, store: Store, venues: VenuePool, *,
                  task_queue: str | None = None) -> Worker:
     """The worker exactly as production registers it; tests build theirs with this too."""
@@ -57,6 +68,7 @@ def build_worker(client: Client, settings: Settings, store: Store, venues: Venue
         workflows=ALL_WORKFLOWS,
         activities=build_activities(settings, store, venues),
         workflow_runner=workflow_runner(settings),
+        deployment_config=deployment(settings),
         max_cached_workflows=settings.max_cached_workflows,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
@@ -71,6 +83,7 @@ def build_alert_worker(client: Client, settings: Settings, channels: ChatChannel
         workflows=ALERT_WORKFLOWS,
         activities=build_alert_activities(settings, channels),
         workflow_runner=workflow_runner(settings),
+        deployment_config=deployment(settings),
         max_cached_workflows=1000,
         graceful_shutdown_timeout=timedelta(seconds=5),
     )
@@ -124,6 +137,10 @@ async def serve(settings: Settings, *, connect_wait_s: float) -> None:
         print(f"hedgeguard worker ready: mode {settings.mode}, task queue {settings.task_queue!r} on "
               f"{settings.temporal_address}/{settings.temporal_namespace}, {len(ALL_WORKFLOWS)} workflows, "
               f"store schema {revision}, metrics {metrics}", flush=True)
+        version = worker.config().get("deployment_config")
+        print(f"versioning: deployment {version.version.deployment_name!r}, build {version.version.build_id!r} (runs pinned; "
+              f"long-lived ones move at continue-as-new)" if version else "versioning: off (unversioned workers)",
+              flush=True)
         print(f"alerts: {alert_status(settings)}; Telegram commands {'on' if commands else 'off'}", flush=True)
         await stop.wait()
         print("hedgeguard worker stopping (finishing running activities, up to 10 s)", flush=True)

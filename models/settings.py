@@ -70,6 +70,10 @@ class Settings(BaseSettings):
     temporal_address: str = Field("127.0.0.1:7233", description="host:port of the Temporal frontend")
     temporal_namespace: str = Field("default", min_length=1)
     task_queue: str = Field("hedgeguard", min_length=1)
+    deployment_name: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$", description="Temporal worker deployment; empty: "
+                                 "unversioned workers (README, 'Versioning')")
+    build_id: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$", description="this worker's version in the deployment "
+                          "(a release tag); required with deployment_name")
     database_url: str = Field(
         "sqlite:///.state/hedgeguard.db",
         validation_alias=AliasChoices("DATABASE_URL", "HEDGEGUARD_DATABASE_URL"),
@@ -262,6 +266,13 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
+    def _a_deployment_needs_a_build_id(self) -> Settings:
+        if bool(self.deployment_name) != bool(self.build_id):
+            raise ValueError("HEDGEGUARD_DEPLOYMENT_NAME and HEDGEGUARD_BUILD_ID go together (Worker Versioning: the "
+                             "deployment and this worker's version in it); set both or neither")
+        return self
+
+    @model_validator(mode="after")
     def _live_needs_keys(self) -> Settings:
         if self.mode == "live":
             if not self.accounts:
@@ -302,6 +313,7 @@ class Settings(BaseSettings):
         return {
             "mode": self.mode, "temporal_address": self.temporal_address,
             "temporal_namespace": self.temporal_namespace, "task_queue": self.task_queue,
+            "deployment_name": self.deployment_name or None, "build_id": self.build_id or None,
             "database_url": url, "accounts": self.accounts,
             "secrets_file": str(self.secrets_file) if self.secrets_file else None,
             "metrics_bind": self.metrics_bind or None, "state_dir": str(self.state_dir),

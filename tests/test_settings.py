@@ -85,3 +85,14 @@ def test_public_view_masks_the_database_password(monkeypatch):
     monkeypatch.setenv("DATABASE_URL", "postgresql://hg:s3cret@db:5432/hedgeguard")
     view = load_settings().public_view()
     assert view["database_url"] == "postgresql://hg:***@db:5432/hedgeguard"
+
+
+@pytest.mark.parametrize("var", ["HEDGEGUARD_DEPLOYMENT_NAME", "HEDGEGUARD_BUILD_ID"])
+def test_a_worker_deployment_and_its_build_id_go_together(monkeypatch, var):
+    monkeypatch.setenv(var, "hedgeguard")
+    with pytest.raises(SettingsError) as err:
+        load_settings()
+    assert "HEDGEGUARD_DEPLOYMENT_NAME and HEDGEGUARD_BUILD_ID go together" in str(err.value)
+    monkeypatch.setenv("HEDGEGUARD_DEPLOYMENT_NAME", "hedgeguard")
+    monkeypatch.setenv("HEDGEGUARD_BUILD_ID", "2027.01.1")
+    assert (load_settings().deployment_name, load_settings().build_id) == ("hedgeguard", "2027.01.1")

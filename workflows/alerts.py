@@ -38,7 +38,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.hedge import Alert
 
-from workflows.common import continue_as_new_due
+from workflows.common import continue_as_new, continue_as_new_due
 
 DELIVERY_RETRY = RetryPolicy(initial_interval=timedelta(seconds=2), backoff_coefficient=2.0,
                              maximum_interval=timedelta(seconds=60))
@@ -100,7 +100,7 @@ class AlertWorkflow:
                     return
             elif self.in_flight == 0 and not self.queue and continue_as_new_due(CONTINUE_AS_NEW_AFTER):
                 # only between deliveries: one retrying for hours must not hold up the raises behind it
-                workflow.continue_as_new(AlertStart(key=self.key, carry=self.c))
+                continue_as_new(AlertStart(key=self.key, carry=self.c))
 
     def _take(self, r: RaisedAlert) -> None:
         if r.raise_id in self.c.seen:
@@ -188,7 +188,7 @@ class AlertDigestWorkflow:
                     await self._send(due)
                 continue
             await workflow.wait_condition(workflow.all_handlers_finished)
-            workflow.continue_as_new(DigestStart(entries=list(self.entries.values())))
+            continue_as_new(DigestStart(entries=list(self.entries.values())))
 
     def _next_due(self, now: datetime) -> datetime:
         due = now.replace(hour=self.hour, minute=0, second=0, microsecond=0)
@@ -224,4 +224,4 @@ class TelegramCommandsWorkflow:
             except ActivityError as err:
                 workflow.logger.error("telegram command poller stopped: %s", err.cause or err)
                 return
-        workflow.continue_as_new(poll)
+        continue_as_new(poll)

@@ -4,6 +4,7 @@ waiting for its delivery, continue as new when the history grows long, tell peop
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any, NoReturn
 
 from temporalio import workflow
 
@@ -21,6 +22,12 @@ def alert_once(raised: dict[str, str], kind: str, alert: Alert) -> None:
         return
     raised[kind] = alert.text
     workflow.start_activity("raise_alert", alert, **ALERT_CALL)
+
+
+def continue_as_new(arg: Any) -> NoReturn:
+    """A new run of a long-lived workflow starts on the deployment's current worker version (README, "Versioning"):
+    each run stays pinned to the version it started on, so a code change reaches guards and hedges here."""
+    workflow.continue_as_new(arg, initial_versioning_behavior=workflow.ContinueAsNewVersioningBehavior.AUTO_UPGRADE)
 
 
 def continue_as_new_due(limit: int) -> bool:

@@ -14,7 +14,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, CancelledError
 
-from workflows.common import continue_as_new_due
+from workflows.common import continue_as_new, continue_as_new_due
 
 with workflow.unsafe.imports_passed_through():
     from models.loan_guard import FeedInput, FeedSubscription, FeedSubscriptions, FeedUnsubscribe, FeedWatch
@@ -67,7 +67,7 @@ class PriceFeedWorkflow:
         while True:
             if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(FeedInput(venue=inp.venue, symbol=inp.symbol, shard=inp.shard,
+                continue_as_new(FeedInput(venue=inp.venue, symbol=inp.symbol, shard=inp.shard,
                                                    subscriptions=self.subs, version=self.version))
             self._show()
             if not self.subs:

@@ -28,7 +28,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
-from workflows.common import BOOK_SENDER, alert_once, continue_as_new_due, operator_summary
+from workflows.common import BOOK_SENDER, alert_once, continue_as_new, continue_as_new_due, operator_summary
 
 with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
@@ -211,7 +211,7 @@ class HedgeWorkflow:
             while True:
                 if self._should_continue_as_new():
                     await workflow.wait_condition(workflow.all_handlers_finished)
-                    workflow.continue_as_new(inp.model_copy(update={"policy": self.policy, "carry": self._carry()}))
+                    continue_as_new(inp.model_copy(update={"policy": self.policy, "carry": self._carry()}))
                 now = workflow.now()
                 try:
                     if (not self.risk_active and self.risk_cleared_at is not None and not self.closing

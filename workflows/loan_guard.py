@@ -25,7 +25,7 @@ from temporalio import workflow
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, WorkflowAlreadyStartedError
 
-from workflows.common import ALERT_CALL, BOOK_SENDER, alert_once, continue_as_new_due, operator_summary
+from workflows.common import ALERT_CALL, BOOK_SENDER, alert_once, continue_as_new, continue_as_new_due, operator_summary
 
 with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
@@ -263,7 +263,7 @@ class LoanGuardWorkflow:
         while True:
             if self._should_continue_as_new():
                 await workflow.wait_condition(workflow.all_handlers_finished)
-                workflow.continue_as_new(inp.model_copy(update={"bands": self.cfg, "carry": self._carry()}))
+                continue_as_new(inp.model_copy(update={"bands": self.cfg, "carry": self._carry()}))
             now = workflow.now()
             if self.retry_at is None or now >= self.retry_at:
                 self.retry_at = None
