@@ -24,9 +24,9 @@ def build_activities(settings: Settings, store: Store, venues: VenuePool) -> lis
     hedging = HedgeActivities(store, venues, alerts)
     loans = LoanGuardActivities(store, venues)
     feed = FeedActivities(venues)
-    return [health.check_readiness, hedging.ensure, hedging.set_status, hedging.market, hedging.quote, hedging.place,
+    return [health.check_readiness, hedging.open, hedging.set_status, hedging.place,
             hedging.order, hedging.cancel, hedging.sync, alerts.raise_alert, loans.read, loans.price, loans.hedge_facts,
-            loans.hedge_leverage, loans.repay, loans.add_collateral, loans.margin_topup, loans.subscribe, loans.unsubscribe,
+            loans.repay, loans.add_collateral, loans.margin_topup, loans.subscribe, loans.unsubscribe,
             feed.watch]
 
 

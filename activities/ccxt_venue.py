@@ -384,6 +384,10 @@ class CcxtVenue:
                            next_funding_time=_ms_to_dt(ts) if ts else None)
 
     # -- positions ------------------------------------------------------------------------------
+    async def set_leverage(self, symbol: str, leverage: Decimal) -> None:
+        """Cap a perp position's leverage before it trades."""
+        await self._call("set_leverage", int(leverage), await self.unified(symbol))
+
     async def position(self, symbol: str) -> VenuePosition:
         unified = await self.unified(symbol)
         rows = await self._call("fetch_positions", [unified])
@@ -596,6 +600,16 @@ class BybitVenue(CcxtVenue):
         fills.sort(key=lambda f: (f.ts, f.payload.get("seq", 0)))
         funding.sort(key=lambda f: f.ts)
         return fills, funding
+
+    async def set_leverage(self, symbol: str, leverage: Decimal) -> None:
+        """Bybit answers 110043 ("leverage not modified") when it already is: that is success."""
+        lev = str(leverage.normalize())
+        try:
+            await self._call("private_post_v5_position_set_leverage", {"category": "linear", "symbol": symbol,
+                                                                       "buyLeverage": lev, "sellLeverage": lev})
+        except VenueError as err:
+            if "110043" not in str(err) and "not modified" not in str(err):
+                raise
 
 
 class BinanceUsdmVenue(CcxtVenue):

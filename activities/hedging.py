@@ -21,22 +21,22 @@ from activities.venue import OrderRejected, VenueError, VenueRateLimited
 from activities.venues import VenuePool
 from models.hedge import (
     Alert,
-    EnsureHedge,
     FillSummary,
     HedgeRecord,
     HedgeStatusChange,
     MarketFacts,
-    MarketRequest,
+    NotSent,
+    OpenHedge,
     OrderLookup,
     PlaceHedgeOrder,
     PlaceOutcome,
-    QuoteFacts,
     SyncRequest,
     SyncResult,
 )
 from models.ledger import HedgeStatus
 from models.venue import OrderRequest, OrderState, OrderType, TimeInForce
 from models.venue_events import VenueFill, input_hash
+from risk.pricing import Quote, price_order, within_band
 
 SYNC_ATTEMPTS = 4  # an order's fills may show in the venue's trade list a moment after the order does
 RECONCILE_RECHECK_S = 0.5  # before a ledger that disagrees with the venue position is compared once more
@@ -100,8 +100,25 @@ class HedgeActivities:
         except VenueError as err:
             raise as_activity_error(err) from None
 
-    @activity.defn(name="hedge_ensure")
-    async def ensure(self, req: EnsureHedge) -> HedgeRecord:
+    @activity.defn(name="hedge_open")
+    async def open(self, req: OpenHedge) -> HedgeRecord:
+        """Everything a hedge needs before it trades, in one activity: its store row, the market's lot sizes and,
+        for a perp with a leverage cap, the cap set at the venue."""
+        venue = await self._venue(req.ref.venue, req.ref.account)
+        try:
+            info = (await venue.markets()).get(req.ref.symbol)
+            if info is None:
+                raise ApplicationError(f"{req.ref.venue} lists no linear perpetual {req.ref.symbol}", type="UnknownSymbol",
+                                       non_retryable=True)
+            if req.leverage is not None:
+                await venue.set_leverage(req.ref.symbol, req.leverage)
+        except VenueError as err:
+            raise as_activity_error(err) from None
+        market = MarketFacts(tick_size=info.tick_size, qty_step=info.qty_step, min_qty=info.min_qty,
+                             min_notional=info.min_notional)
+        return await self._ensure(req, market)
+
+    async def _ensure(self, req: OpenHedge, market: MarketFacts) -> HedgeRecord:
         config: dict[str, Any] = {"book": req.book, "exposure_id": req.exposure_id, "side": req.side.value}
         existed = await asyncio.to_thread(self.store.get_hedge, req.ref.hedge_id) is not None
         try:
@@ -111,40 +128,45 @@ class HedgeActivities:
         except StoreError as err:
             raise ApplicationError(str(err), type="HedgeConflict", non_retryable=True) from None
         return HedgeRecord(created_ms=int(hedge.created_at.timestamp() * 1000), status=HedgeStatus(hedge.status),
-                           existed=existed)
+                           existed=existed, market=market)
 
     @activity.defn(name="hedge_set_status")
     async def set_status(self, change: HedgeStatusChange) -> None:
         await asyncio.to_thread(self.store.set_status, change.hedge_id, change.status, target_size=change.target)
 
-    @activity.defn(name="hedge_market")
-    async def market(self, req: MarketRequest) -> MarketFacts:
-        info = (await self._on_venue(req.ref, lambda v: v.markets())).get(req.ref.symbol)
-        if info is None:
-            raise ApplicationError(f"{req.ref.venue} lists no linear perpetual {req.ref.symbol}", type="UnknownSymbol",
-                                   non_retryable=True)
-        return MarketFacts(tick_size=info.tick_size, qty_step=info.qty_step, min_qty=info.min_qty,
-                           min_notional=info.min_notional)
-
-    @activity.defn(name="hedge_quote")
-    async def quote(self, req: MarketRequest) -> QuoteFacts:
-        ticker = await self._on_venue(req.ref, lambda v: v.ticker(req.ref.symbol))
-        if ticker.bid is None or ticker.ask is None:
-            raise ApplicationError(f"{req.ref.venue} gave no bid/ask for {req.ref.symbol}", type="NoQuote")
-        return QuoteFacts(bid=ticker.bid, ask=ticker.ask, index=ticker.index or ticker.last,
-                          mark=ticker.mark or ticker.last, at=ticker.ts)
-
     @activity.defn(name="hedge_place")
     async def place(self, req: PlaceHedgeOrder) -> PlaceOutcome:
+        """Quote, price by the rule, check, place. An earlier attempt that reached the venue is the order, whatever
+        this attempt's quote would price it at (place_order finds it by its client order id and settles it)."""
         venue = await self._venue(req.ref.venue, req.ref.account)
-        request = OrderRequest(symbol=req.ref.symbol, client_order_id=req.client_order_id, side=req.side, qty=req.qty,
-                               type=OrderType.LIMIT, price=req.price, time_in_force=TimeInForce(req.time_in_force),
-                               reduce_only=req.reduce_only)
+        symbol, rule = req.ref.symbol, req.rule
         try:
-            return PlaceOutcome(order=await venue.place_order(request))
-        except OrderRejected as rej:
-            activity.logger.info("order %s refused: %s", req.client_order_id, rej)
-            return PlaceOutcome(order=None, rejected=rej.reason.value, message=rej.detail)
+            existing = await venue.order_by_client_id(symbol, req.client_order_id)
+            index = None
+            if existing is not None and existing.price is not None:
+                price, tif = existing.price, existing.time_in_force or TimeInForce.GTC
+            else:
+                ticker = await venue.ticker(symbol)
+                if ticker.bid is None or ticker.ask is None:
+                    raise ApplicationError(f"{req.ref.venue} gave no bid/ask for {symbol}", type="NoQuote")
+                index = ticker.index or ticker.last
+                priced = price_order(rule.kind, rule.bps, req.side, Quote(bid=ticker.bid, ask=ticker.ask, index=index),
+                                     rule.tick_size)
+                price, tif = priced.price, TimeInForce(priced.time_in_force)
+                if not within_band(price, index, rule.price_band_bps):
+                    return PlaceOutcome(order=None, not_sent=NotSent.PRICE_BAND, price=price, index=index,
+                                        message=f"{req.side} at {price} is more than {rule.price_band_bps} bps from "
+                                                f"the index {index}: not trading")
+                if not req.reduce_only and req.qty * price < rule.min_notional:
+                    return PlaceOutcome(order=None, not_sent=NotSent.MIN_NOTIONAL, price=price, index=index,
+                                        message=f"{req.qty} at {price} is below the venue minimum of {rule.min_notional}")
+            request = OrderRequest(symbol=symbol, client_order_id=req.client_order_id, side=req.side, qty=req.qty,
+                                   type=OrderType.LIMIT, price=price, time_in_force=tif, reduce_only=req.reduce_only)
+            try:
+                return PlaceOutcome(order=await venue.place_order(request), price=price, index=index)
+            except OrderRejected as rej:
+                activity.logger.info("order %s refused: %s", req.client_order_id, rej)
+                return PlaceOutcome(order=None, rejected=rej.reason.value, message=rej.detail, price=price, index=index)
         except VenueError as err:
             raise as_activity_error(err) from None
 

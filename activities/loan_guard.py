@@ -29,7 +29,6 @@ from models.loan_guard import (
     FeedUnsubscribe,
     HedgeFacts,
     HedgeFactsRequest,
-    HedgeLeverage,
     LoanRef,
     MarginTopUp,
     PriceRequest,
@@ -126,19 +125,6 @@ class LoanGuardActivities:
             raise as_activity_error(err) from None
         return TreasuryOutcome(key=req.key, kind="add_collateral", usdt=fill.usdt_spent, btc=result.amount,
                                already_done=result.already_done)
-
-    @activity.defn(name="loan_hedge_leverage")
-    async def hedge_leverage(self, req: HedgeLeverage) -> None:
-        """Cap the hedge's leverage before it trades; "not modified" (110043) means it already is."""
-        venue = await self._bybit(req.venue, req.account)
-        lev = str(req.leverage.normalize())
-        try:
-            await venue._call("private_post_v5_position_set_leverage", {"category": "linear", "symbol": req.symbol,
-                                                                        "buyLeverage": lev, "sellLeverage": lev})
-        except VenueError as err:
-            if "110043" in str(err) or "not modified" in str(err):
-                return
-            raise as_activity_error(err) from None
 
     @activity.defn(name="loan_margin_topup")
     async def margin_topup(self, req: MarginTopUp) -> TreasuryOutcome:

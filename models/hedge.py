@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -71,6 +72,7 @@ class HedgeInput(BaseModel):
     risk_active: bool = True
     policy: OrderPolicy = OrderPolicy()
     continue_as_new_after: int | None = Field(None, ge=100, description="history events; None: server's advice")
+    leverage: Decimal | None = Field(None, gt=0, description="a perp position's leverage cap, set before it trades")
     carry: HedgeCarry | None = None  # state handed over by continue-as-new
 
     def summary(self) -> str:
@@ -175,20 +177,22 @@ class HedgeRef(BaseModel):
     symbol: str
 
 
-class EnsureHedge(BaseModel):
+class OpenHedge(BaseModel):
     ref: HedgeRef
     book: str
     exposure_id: str
     side: HedgeSide
     target: Decimal
+    leverage: Decimal | None = None
 
 
 class HedgeRecord(BaseModel):
-    """What hedge_ensure tells a starting workflow about the hedge's store row."""
+    """What hedge_open tells a starting workflow: its store row, and the market's lot sizes."""
 
     created_ms: int  # fills before this belong to no hedge of ours
     status: HedgeStatus
     existed: bool  # the row was there already: a workflow for this hedge ran before
+    market: MarketFacts
 
 
 class HedgeStatusChange(BaseModel):
@@ -197,27 +201,48 @@ class HedgeStatusChange(BaseModel):
     target: Decimal
 
 
+class PriceRule(BaseModel):
+    """How hedge_place prices an order from the quote it reads itself (risk.pricing: the ladder rung's kind and
+    distance), and what it refuses to send: a price further than `price_band_bps` from the index, or an opening order
+    below the venue's minimum notional. The order goes out in the same activity as the quote: no workflow task
+    between reading the market and trading on it."""
+
+    kind: StepKind
+    bps: Decimal
+    tick_size: Decimal
+    price_band_bps: Decimal
+    min_notional: Decimal
+
+
 class PlaceHedgeOrder(BaseModel):
     ref: HedgeRef
     client_order_id: str
     side: str
     qty: Decimal
-    price: Decimal
-    time_in_force: str
     reduce_only: bool
+    rule: PriceRule
+
+
+class NotSent(StrEnum):
+    PRICE_BAND = "price-band"
+    MIN_NOTIONAL = "min-notional"
 
 
 class PlaceOutcome(BaseModel):
-    """An order the venue holds, or why it refused one (a refusal is an answer, not a failure)."""
+    """An order the venue holds, why it refused one (a refusal is an answer, not a failure), or why the activity did
+    not send it; with the price it asked and the index it checked that price against."""
 
     order: OrderState | None
     rejected: str | None = None  # models.venue.RejectReason value
+    not_sent: NotSent | None = None
     message: str | None = None
+    price: Decimal | None = None
+    index: Decimal | None = None
 
     @model_validator(mode="after")
     def _one(self) -> PlaceOutcome:
-        if (self.order is None) == (self.rejected is None):
-            raise ValueError("a place outcome is an order or a rejection")
+        if sum(x is not None for x in (self.order, self.rejected, self.not_sent)) != 1:
+            raise ValueError("a place outcome is an order, a rejection or a reason it was not sent")
         return self
 
 
@@ -246,23 +271,11 @@ class SyncResult(BaseModel):
     liquidated: bool = False
 
 
-class MarketRequest(BaseModel):
-    ref: HedgeRef
-
-
 class MarketFacts(BaseModel):
     tick_size: Decimal
     qty_step: Decimal
     min_qty: Decimal
     min_notional: Decimal
-
-
-class QuoteFacts(BaseModel):
-    bid: Decimal
-    ask: Decimal
-    index: Decimal
-    mark: Decimal
-    at: datetime
 
 
 class Alert(BaseModel):
@@ -280,3 +293,6 @@ class Alert(BaseModel):
     topic: str | None = None  # how a summary of repeats names them, e.g. "LTV alerts for L-1"
     figure: Decimal | None = None  # the number repeats are compared by (higher is worse), e.g. the LTV
     figure_unit: str = ""
+
+
+HedgeRecord.model_rebuild()

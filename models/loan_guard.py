@@ -203,7 +203,6 @@ class LoanCarry(BaseModel):
     hedge_paused_sent: bool | None = None
     pending: PendingMove | None = None
     subscribed: FeedSubscription | None = None
-    leverage_set: bool = False
     written_off_usdt: Decimal = Decimal(0)
     # the hedge's figures as last read, shown by the next run's view until it reads its own (never acted on)
     shown_facts: HedgeFacts | None = None
@@ -277,13 +276,6 @@ class HedgeFactsRequest(BaseModel):
     venue: str
     account: str
     symbol: str
-
-
-class HedgeLeverage(BaseModel):
-    venue: str
-    account: str
-    symbol: str
-    leverage: Decimal
 
 
 class HedgeFacts(BaseModel):

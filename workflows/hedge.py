@@ -34,7 +34,6 @@ with workflow.unsafe.imports_passed_through():
     from models import search_attributes as sa
     from models.hedge import (
         Alert,
-        EnsureHedge,
         FillSummary,
         HedgeCarry,
         HedgeInput,
@@ -43,13 +42,14 @@ with workflow.unsafe.imports_passed_through():
         HedgeStatusChange,
         HedgeView,
         MarketFacts,
-        MarketRequest,
+        NotSent,
+        OpenHedge,
         OpenOrder,
         OrderLookup,
         OrderPolicy,
         PlaceHedgeOrder,
         PlaceOutcome,
-        QuoteFacts,
+        PriceRule,
         RiskChange,
         SyncRequest,
         SyncResult,
@@ -57,7 +57,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from models.ledger import HedgeStatus
     from models.venue import OrderState, RejectReason
-    from risk.pricing import Quote, StepKind, Urgency, next_order, price_order, start_step, within_band
+    from risk.pricing import StepKind, Urgency, next_order, start_step
 
 ZERO = Decimal(0)
 CONTINUE_AS_NEW_AFTER = 8000  # events; the server suggests it earlier (4,096 by default) and we follow that
@@ -259,9 +259,9 @@ class HedgeWorkflow:
         this (with alerts) instead of failing the hedge."""
         while True:
             try:
-                record: HedgeRecord = await workflow.execute_activity("hedge_ensure", EnsureHedge(
-                    ref=self.ref, book=inp.book, exposure_id=inp.exposure_id, side=inp.side, target=self.target),
-                    result_type=HedgeRecord, **STORE_CALL)
+                record: HedgeRecord = await workflow.execute_activity("hedge_open", OpenHedge(
+                    ref=self.ref, book=inp.book, exposure_id=inp.exposure_id, side=inp.side, target=self.target,
+                    leverage=inp.leverage), result_type=HedgeRecord, **VENUE_CALL)
                 if inp.carry is None:
                     if record.status == HedgeStatus.CLOSED:
                         raise ApplicationError(f"hedge {self.ref.hedge_id} is closed; a new hedge needs a new id",
@@ -269,8 +269,7 @@ class HedgeWorkflow:
                     if record.existed:
                         self.client_tag = workflow.uuid4().hex[:4]
                 self.since_ms = record.created_ms
-                self.market = await workflow.execute_activity("hedge_market", MarketRequest(ref=self.ref),
-                                                              result_type=MarketFacts, **VENUE_CALL)
+                self.market = record.market
                 await self._sync(reconcile=True)
                 self.blocked = None
                 return
@@ -409,28 +408,21 @@ class HedgeWorkflow:
         if step is None:
             self.blocked = None
             return
-        quote: QuoteFacts = await workflow.execute_activity("hedge_quote", MarketRequest(ref=self.ref),
-                                                            result_type=QuoteFacts, **VENUE_CALL)
-        if self._next_step() != step or not self._may_place():
-            return  # a signal changed the picture while the quote was fetched: plan again
         rung = self.policy.ladder[min(self.step, len(self.policy.ladder) - 1)]
-        priced = price_order(rung.kind, rung.bps, step.side, Quote(bid=quote.bid, ask=quote.ask, index=quote.index),
-                             self.market.tick_size)
-        if not within_band(priced.price, quote.index, self.policy.price_band_bps):
-            self._block(f"{step.side} at {priced.price} is more than {self.policy.price_band_bps} bps from the "
-                        f"index {quote.index}: not trading")
-            self._alert("CRITICAL", "price-band", f"hedge {self.ref.hedge_id}: price outside the sanity band",
-                        self.blocked)
-            return
-        if not step.reduce_only and step.qty * priced.price < self.market.min_notional:
-            self._block(f"{step.qty} at {priced.price} is below the venue minimum of {self.market.min_notional}")
-            return
+        rule = PriceRule(kind=rung.kind, bps=rung.bps, tick_size=self.market.tick_size,
+                         price_band_bps=self.policy.price_band_bps, min_notional=self.market.min_notional)
         # the sequence moves on only once the venue has answered: a failed attempt's id is tried again, and
         # the venue's lookup-before-place returns the order if the failed attempt did reach it
         cid = client_order_id(self.ref.hedge_id, self.seq + 1, self.client_tag)
         outcome: PlaceOutcome = await workflow.execute_activity("hedge_place", PlaceHedgeOrder(
-            ref=self.ref, client_order_id=cid, side=step.side, qty=step.qty, price=priced.price,
-            time_in_force=priced.time_in_force, reduce_only=step.reduce_only), result_type=PlaceOutcome, **VENUE_CALL)
+            ref=self.ref, client_order_id=cid, side=step.side, qty=step.qty, reduce_only=step.reduce_only, rule=rule),
+            result_type=PlaceOutcome, **VENUE_CALL)
+        if outcome.not_sent is not None:  # nothing reached the venue under this id
+            self._block(outcome.message or outcome.not_sent.value)
+            if outcome.not_sent == NotSent.PRICE_BAND:
+                self._alert("CRITICAL", "price-band", f"hedge {self.ref.hedge_id}: price outside the sanity band",
+                            self.blocked)
+            return
         self.seq += 1
         # back from idle: the usual reconciliation cadence (a no-op for a hedge that was never idle)
         self.next_reconcile = min(self.next_reconcile, workflow.now() + timedelta(seconds=self.policy.reconcile_every_s))
@@ -443,9 +435,8 @@ class HedgeWorkflow:
         placed_at = workflow.now()
         # what the venue holds is the order, even if an earlier attempt under this id asked for something else
         self.open_order = OpenOrder(client_order_id=cid, step=min(self.step, len(self.policy.ladder) - 1),
-                                    side=held.side, qty=held.qty, price=held.price or priced.price,
-                                    time_in_force=held.time_in_force.value if held.time_in_force
-                                    else priced.time_in_force,
+                                    side=held.side, qty=held.qty, price=held.price or outcome.price,
+                                    time_in_force=held.time_in_force.value if held.time_in_force else "GTC",
                                     reduce_only=held.reduce_only, placed_at=placed_at,
                                     replace_at=placed_at + timedelta(seconds=self.policy.replace_after_s))
         if not outcome.order.status.is_open:

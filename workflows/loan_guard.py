@@ -38,7 +38,6 @@ with workflow.unsafe.imports_passed_through():
         FeedUnsubscribe,
         HedgeFacts,
         HedgeFactsRequest,
-        HedgeLeverage,
         LoanCarry,
         LoanGuardInput,
         LoanRef,
@@ -133,7 +132,6 @@ class LoanGuardWorkflow:
         self.hedge_paused_sent = c.hedge_paused_sent if c and c.hedge_paused_sent is not None else self.paused
         self.pending: PendingMove | None = c.pending if c else None
         self.subscribed: FeedSubscription | None = c.subscribed if c else None
-        self.leverage_set = c.leverage_set if c else False
         self.treasury_backoff: datetime | None = None
         self.retry_at: datetime | None = None
         self.wake = False
@@ -433,18 +431,11 @@ class LoanGuardWorkflow:
             # read the hedge at its usual interval: a read 1 s after every retarget rarely saw a fill yet
             self.next_facts = workflow.now() + timedelta(seconds=self.inp.timing.hedge_check_s)
 
-    async def _set_leverage(self) -> None:
-        await workflow.execute_activity("loan_hedge_leverage", HedgeLeverage(
-            venue=self.inp.venue, account=self.inp.account, symbol=self.inp.symbol, leverage=self.inp.hedge_leverage),
-            **VENUE_CALL)
-        self.leverage_set = True
-
     async def _start_hedge(self, target: Decimal, urgency: str) -> None:
         hedge = HedgeInput(hedge_id=self._hedge_id(), book=Book.LOAN.value, exposure_id=self.inp.loan_id,
                            venue=self.inp.venue, account=self.inp.account, symbol=self.inp.symbol,
-                           side=HedgeSide.SHORT, target=ZERO if self.paused else target, policy=self.inp.hedge_policy)
-        if not self.leverage_set:
-            await self._set_leverage()
+                           side=HedgeSide.SHORT, target=ZERO if self.paused else target, policy=self.inp.hedge_policy,
+                           leverage=self.inp.hedge_leverage)
         try:
             await workflow.start_child_workflow(
                 "HedgeWorkflow", hedge, id=f"hedge-{hedge.hedge_id}", static_summary=hedge.summary(),
@@ -699,7 +690,7 @@ class LoanGuardWorkflow:
                          tag=self.tag, closing_hedge=self.closing_hedge, realisations=self.realisations,
                          realised_btc=self.realised_btc, realised_notional=self.realised_notional,
                          hedge_paused_sent=self.hedge_paused_sent, pending=self.pending, subscribed=self.subscribed,
-                         leverage_set=self.leverage_set,
+
                          shown_facts=self._last_facts())
 
     def _alert(self, severity: str, kind: str, title: str, text: str, *, topic: str | None = None,
