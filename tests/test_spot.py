@@ -74,6 +74,13 @@ async def test_buying_twice_with_one_client_id_buys_once(sim, desk: BybitVenue):
     assert again == first
     assert len([c for c in sim.calls.query("bybit", "/v5/order/create") if c["method"] == "POST"]) == 1
     assert balances(sim)["BTC"] == first.btc_received and len(sim.bybit.spot_orders["desk"]) == 1
+    async with aiohttp.ClientSession() as http:  # what a test of the whole stack reads
+        async with http.get(f"{sim.urls['control']}/control/spot-orders", params={"account": "desk"}) as resp:
+            listed = await resp.json()
+        async with http.get(f"{sim.urls['control']}/control/spot-orders", params={"account": "nobody"}) as resp:
+            assert await resp.json() == []
+    assert [(o["client_order_id"], o["side"], o["exec_qty"], o["account"]) for o in listed] == [
+        ("hg-spot-2", "Buy", str(first.btc_bought), "desk")]
 
 
 async def test_a_duplicate_answer_is_resolved_by_looking_the_id_up(sim, desk: BybitVenue, monkeypatch):
