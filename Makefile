@@ -8,7 +8,7 @@ PYTEST_ARGS ?=
 # make run SCENARIO=none: a static price and nothing enrolled
 SCENARIO ?= crash-2020
 
-.PHONY: run test bench lint fmt lock venv clean-state
+.PHONY: run test bench histories lint fmt lock venv clean-state
 
 $(STAMP): pyproject.toml requirements.lock
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "hedgeguard needs Python 3.11; set PYTHON=/path/to/python3.11")'
@@ -49,6 +49,13 @@ bench: $(STAMP)
 	$(PY) -m bench.backtest_loans --days 90 --json $(BENCH_OUT)/backtest90.json --plot $(BENCH_OUT)
 	$(PY) -m bench.latency --loans 1 1000 --json $(BENCH_OUT)/latency.json
 	$(PY) -m bench.scale --loans 10000 --json $(BENCH_OUT)/scale.json
+
+## Record every workflow history the replay test holds again (tests/histories/), after a change of workflow code.
+HISTORY_TESTS := tests/test_loan_guard.py tests/test_loan_alerts.py tests/test_alert_delivery.py \
+	tests/test_alert_outage.py tests/test_worker.py tests/test_hedge_dev_server.py::test_operator_commands_on_a_running_hedge
+histories: $(STAMP)
+	HEDGEGUARD_RECORD_HISTORIES=1 $(VENV)/bin/pytest -n 2 -p no:cacheprovider $(HISTORY_TESTS)
+	$(VENV)/bin/pytest -q -p no:cacheprovider tests/test_replay.py
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .

@@ -278,9 +278,10 @@ class CcxtVenue:
     def _create_params(self, request: OrderRequest) -> dict[str, Any]:
         raise NotImplementedError
 
-    async def place_order(self, request: OrderRequest) -> OrderState:
-        """Place once per client order id, whatever happens on the way."""
-        existing = await self.order_by_client_id(request.symbol, request.client_order_id)
+    async def place_order(self, request: OrderRequest, *, looked_up: bool = False) -> OrderState:
+        """Place once per client order id, whatever happens on the way. `looked_up`: the caller has just found no
+        order under the id, so the first lookup is skipped (a duplicate answer is still looked up)."""
+        existing = None if looked_up else await self.order_by_client_id(request.symbol, request.client_order_id)
         if existing is not None:
             return self._settled(existing)
         try:

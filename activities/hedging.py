@@ -141,12 +141,13 @@ class HedgeActivities:
         venue = await self._venue(req.ref.venue, req.ref.account)
         symbol, rule = req.ref.symbol, req.rule
         try:
-            existing = await venue.order_by_client_id(symbol, req.client_order_id)
+            # both at once: the lookup only matters on a retry, the quote on every first attempt
+            existing, ticker = await asyncio.gather(venue.order_by_client_id(symbol, req.client_order_id),
+                                                    venue.ticker(symbol))
             index = None
             if existing is not None and existing.price is not None:
                 price, tif = existing.price, existing.time_in_force or TimeInForce.GTC
             else:
-                ticker = await venue.ticker(symbol)
                 if ticker.bid is None or ticker.ask is None:
                     raise ApplicationError(f"{req.ref.venue} gave no bid/ask for {symbol}", type="NoQuote")
                 index = ticker.index or ticker.last
@@ -163,7 +164,8 @@ class HedgeActivities:
             request = OrderRequest(symbol=symbol, client_order_id=req.client_order_id, side=req.side, qty=req.qty,
                                    type=OrderType.LIMIT, price=price, time_in_force=tif, reduce_only=req.reduce_only)
             try:
-                return PlaceOutcome(order=await venue.place_order(request), price=price, index=index)
+                placed = await venue.place_order(request, looked_up=existing is None)
+                return PlaceOutcome(order=placed, price=price, index=index)
             except OrderRejected as rej:
                 activity.logger.info("order %s refused: %s", req.client_order_id, rej)
                 return PlaceOutcome(order=None, rejected=rej.reason.value, message=rej.detail, price=price, index=index)

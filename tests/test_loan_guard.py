@@ -5,6 +5,7 @@ stale feed is noticed and the price polled."""
 from __future__ import annotations
 
 import asyncio
+import time
 from decimal import Decimal as D
 
 import pytest
@@ -239,15 +240,17 @@ async def test_a_continued_run_shows_the_last_ltv_and_hedge_costs_while_its_loan
     await handle.terminate("test: start the continued run again with the venue failing")
     sim.faults.add("bybit", "http500", count=10_000, path="/v5/crypto-loan")
     again = await dev_env.client.start_workflow(LoanGuardWorkflow.run, carried, id=handle.id, task_queue=loan_worker)
-    view = await wait_loan(again, lambda v: True)
+    deadline = time.monotonic() + 30  # the run's first loan read is an activity of its own: wait until it was refused
+    while not [call for call in sim.calls.query("bybit", "/v5/crypto-loan") if call.get("status") == 500]:
+        assert time.monotonic() < deadline, "no loan read refused"
+        await asyncio.sleep(0.1)
+    view = await loan_state(again)
     c = carried.carry
     expected = c.principal + c.interest
     expected = expected / (c.collateral_btc * min(c.price.last, c.price.index)) * 100
     assert view.ltv_pct is not None and abs(view.ltv_pct - expected) < D("0.01"), (view.ltv_pct, expected)
     assert view.summary.startswith(f"loan CARRY-1 · LTV {view.ltv_pct:.1f} % · SAFE"), view.summary
     assert view.hedge_fees_usdt == hedged.hedge_fees_usdt > 0 and view.hedge_id == hedged.hedge_id
-    assert [call for call in sim.calls.query("bybit", "/v5/crypto-loan") if call.get("status") == 500], \
-        "no loan read refused"
     sim.faults.clear()  # the venue answers again: the run reads and evaluates its own figures
     sim.market.set_price("BTCUSDT", D("52700"))
     await wait_loan(again, lambda v: settled("CAUTION")(v) and v.hedge_current_btc > 0, within_s=60)

@@ -10,9 +10,9 @@ One loop, woken by a signal, an update or a timer:
   - when the book says its risk cleared, the hedge waits `expiry_s` (reset if risk returns), then closes
     reduce-only and the workflow ends CLOSED; force_close does the same at once, at urgent pricing;
   - pause cancels the open order and places nothing until resume (force_close still works);
-  - the venue is reconciled at start and every `reconcile_every_s`; a hedge flat, wanting nothing and with no
-    order resting has nothing to drift, and is reconciled every `idle_reconcile_every_s` instead (a thousand
-    idle loans' hedges reconciling every minute kept a worker and dev server busy doing nothing).
+  - the venue is reconciled at start (a new hedge right after its first order) and every `reconcile_every_s`; a
+    hedge flat, wanting nothing and with no order resting has nothing to drift, and is reconciled every
+    `idle_reconcile_every_s` instead.
 Client order ids are the hedge id plus a sequence number kept here, so no retry or replay sends twice.
 """
 
@@ -113,6 +113,7 @@ class HedgeWorkflow:
         self.reconciled_at = workflow.now()
         self.next_reconcile = self.reconciled_at
         self.wake = False
+        self.reconcile_owed = False
         self._alerted: dict[str, str] = {}
         self.operator_seq = 0
         self._shown: tuple[str, bool] | None = None
@@ -221,7 +222,10 @@ class HedgeWorkflow:
                         self._close(Urgency.NORMAL)
                     if self.open_order is not None:
                         await self._tend_order(now)
-                    if now >= self.next_reconcile:
+                    if self.reconcile_owed and self._may_place() and self.retry_at is None:
+                        await self._place_next()  # a new hedge's ledger is empty by construction: trade first
+                    if now >= self.next_reconcile or self.reconcile_owed:
+                        self.reconcile_owed = False
                         await self._sync(reconcile=True)
                         self.reconciled_at = workflow.now()
                         self.next_reconcile = self.reconciled_at + timedelta(seconds=self.policy.reconcile_every_s)
@@ -255,8 +259,8 @@ class HedgeWorkflow:
         return False
 
     async def _start_up(self, inp: HedgeInput) -> None:
-        """The store row, the market's lot sizes and a first reconciliation; a venue that is down delays
-        this (with alerts) instead of failing the hedge."""
+        """The store row, the market's lot sizes and, for a hedge that ran before, a first reconciliation; a venue
+        that is down delays this (with alerts) instead of failing the hedge."""
         while True:
             try:
                 record: HedgeRecord = await workflow.execute_activity("hedge_open", OpenHedge(
@@ -270,7 +274,10 @@ class HedgeWorkflow:
                         self.client_tag = workflow.uuid4().hex[:4]
                 self.since_ms = record.created_ms
                 self.market = record.market
-                await self._sync(reconcile=True)
+                if record.existed or inp.carry is not None:
+                    await self._sync(reconcile=True)  # it may have traded: know its position before planning
+                else:
+                    self.reconcile_owed = True  # right after its first order, on the loop's first turn
                 self.blocked = None
                 return
             except ActivityError as err:
