@@ -32,7 +32,7 @@ import time
 import uuid
 from collections.abc import Sequence
 from datetime import timedelta
-from decimal import Decimal, InvalidOperation
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
 from typing import Any, NoReturn
 
 from temporalio.api.enums.v1 import TaskQueueType
@@ -484,24 +484,37 @@ def _pct(value: Decimal | None) -> str:
     return f"{value:.2f} %" if value is not None else "unknown"
 
 
+def usdt(value: Decimal) -> str:
+    """USDT as the venue books it: to the cent, never in exponent notation (no 28-digit debts, no 0E-12)."""
+    return f"{value.quantize(Decimal('0.01'), rounding=ROUND_HALF_EVEN):f}"
+
+
+def btc(value: Decimal) -> str:
+    """BTC to the satoshi at most, trailing zeros dropped, never in exponent notation."""
+    shown = value.quantize(Decimal("1e-8"), rounding=ROUND_HALF_EVEN).normalize()
+    return f"{shown:f}" if shown else "0"
+
+
 def _loan_table(view: LoanView) -> list[list[Any]]:
     b, t = view.bands, view.last_treasury
+    liquidation = view.hedge_liquidation_price
     return [["field", "value"], ["loan", f"{view.loan_id} on {view.venue} account {view.account}"],
             ["LTV", f"{_pct(view.ltv_pct)} ({view.band}); highest {_pct(view.max_ltv_pct)}"],
-            ["debt", f"{view.debt_usdt} USDT (principal {view.principal_usdt}, interest {view.interest_usdt}) · "
-                     f"collateral {view.collateral_btc} BTC"],
-            ["price", f"{view.price} ({view.price_source}{', STALE feed' if view.feed_stale else ''})"
+            ["debt", f"{usdt(view.debt_usdt)} USDT (principal {usdt(view.principal_usdt)}, interest "
+                     f"{usdt(view.interest_usdt)}) · collateral {btc(view.collateral_btc)} BTC"],
+            ["price", f"{usdt(view.price)} ({view.price_source}{', STALE feed' if view.feed_stale else ''})"
                       if view.price is not None else "none yet"],
-            ["hedge", f"{view.hedge_id}: short {view.hedge_current_btc} BTC, target {view.hedge_target_btc}"
+            ["hedge", f"{view.hedge_id}: short {btc(view.hedge_current_btc)} BTC, target {btc(view.hedge_target_btc)}"
                       + (" (closed)" if view.hedge_closed else "" if view.hedge_started
                          else " (not opened: no short needed yet)")],
-            ["hedge PnL", f"realised {view.hedge_realised_pnl}, unrealised {view.hedge_unrealised_pnl}; liquidation "
-                          f"{view.hedge_liquidation_price or 'none'}"],
-            ["net delta", f"{view.net_delta_btc} BTC"],
-            ["treasury", f"reserve {view.reserve_usdt} + enrolment reserve {view.enrol_reserve_left_usdt} USDT; "
-                         f"{view.treasury_actions} actions; last "
-                         + (f"{t.kind} {t.usdt} USDT ({t.note})" if t else "none")
-                         + (f"; hedge losses written off {view.written_off_usdt} USDT" if view.written_off_usdt else "")],
+            ["hedge PnL", f"realised {usdt(view.hedge_realised_pnl)}, unrealised {usdt(view.hedge_unrealised_pnl)}; "
+                          f"liquidation {usdt(liquidation) if liquidation is not None else 'none'}"],
+            ["net delta", f"{btc(view.net_delta_btc)} BTC"],
+            ["treasury", f"reserve {usdt(view.reserve_usdt)} + enrolment reserve {usdt(view.enrol_reserve_left_usdt)} "
+                         f"USDT; {view.treasury_actions} actions; last "
+                         + (f"{t.kind} {usdt(t.usdt)} USDT ({t.note})" if t else "none")
+                         + (f"; hedge losses written off {usdt(view.written_off_usdt)} USDT" if view.written_off_usdt
+                            else "")],
             ["bands", f"target {b.target} · caution {b.caution} · danger {b.danger} · critical {b.critical} "
                       f"(hysteresis {b.hysteresis}, repay below {b.repay_below}); multipliers {b.multiplier_caution}/"
                       f"{b.multiplier_danger}/{b.multiplier_critical}" + (" · always repay" if view.always_repay else "")],
@@ -535,7 +548,7 @@ async def cmd_loan_list(args: argparse.Namespace, settings: Settings) -> int:
             rows.append([loan_id, "?", "?", "?", "?", "?", f"state query failed: {err}"])
             continue
         data.append(view.model_dump(mode="json"))
-        rows.append([view.loan_id, _pct(view.ltv_pct), view.band, view.hedge_target_btc, view.hedge_current_btc,
+        rows.append([view.loan_id, _pct(view.ltv_pct), view.band, btc(view.hedge_target_btc), btc(view.hedge_current_btc),
                      "yes" if view.paused else "no", view.summary])
     emit(args, data, rows)
     return 1 if failed else 0

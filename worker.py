@@ -151,7 +151,7 @@ async def serve(settings: Settings, *, connect_wait_s: float) -> None:
 
 def cache_bytecode() -> None:
     """The sandbox imports workflows/ afresh for every new workflow run; without bytecode each import compiles
-    the source again (about 20 ms, the worker's largest cost when many loans enrol). So the worker writes
+    the source again (the worker's largest cost when many loans enrol). So the worker writes
     __pycache__ beside its own modules even under PYTHONDONTWRITEBYTECODE (installed packages have theirs)."""
     sys.dont_write_bytecode = False
 

@@ -109,7 +109,7 @@ def loopback_urls(urls: dict[str, Any], base: str) -> dict[str, Any]:
 
 
 def _client_config(session: aiohttp.ClientSession | None) -> dict[str, Any]:
-    """ccxt settings every client gets: it keeps no copy of the last body it read (the markets' ~100 KiB, a client),
+    """ccxt settings every client gets: it keeps no copy of the last body it read (the markets, per client),
     only the last headers (Bybit's rate-limit reset is read from them); with `session`, its connections are the
     pool's, not a connection pool of its own."""
     config: dict[str, Any] = {"enableLastHttpResponse": False, "enableLastJsonResponse": False}
@@ -138,8 +138,8 @@ class _QuietBybit(ccxtpro.bybit):
         return request
 
 
-# ccxt builds its whole API description afresh for every instance (~140 KiB for Bybit, ~290 KiB for Binance USD-M);
-# these parts are never written after construction, so every account's client of a venue can hold one copy
+# ccxt builds its whole API description afresh for every instance; these parts are never written after
+# construction, so every account's client of a venue can hold one copy
 SHARED_DESCRIPTION = ("api", "exceptions", "has", "features", "ecdsaCurves", "ecdsaPrehashedAlgorithms", "httpExceptions")
 
 
@@ -241,7 +241,7 @@ class CcxtVenue:
     # -- markets --------------------------------------------------------------------------------
     async def markets(self) -> dict[str, MarketInfo]:
         if self._markets is None and self.markets_from is not None:
-            # public data, the same for every account: one copy per venue (ccxt's ~70 KiB of them a client)
+            # public data, the same for every account: one copy per venue, not one per client
             infos = await self.markets_from.markets()
             self.ex.set_markets_from_exchange(self.markets_from.ex)
             self._unified, self._markets = self.markets_from._unified, infos

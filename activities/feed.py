@@ -112,9 +112,8 @@ class FeedActivities:
     def __init__(self, venues: VenuePool) -> None:
         self.venues = venues
         # per feed shard, what each loan was last told, kept by this worker across the stream's attempts, rotations and
-        # the shard's continue-as-new: an attempt starting blank told every loan its price again, a workflow task for
-        # each of the shard's guards. At 10,000 loans on 2 cores stream attempts ran out their heartbeat timeout
-        # every ~40 s a shard during enrolment, and each guard at rest took ~15 price signals where 2 were due
+        # the shard's continue-as-new: an attempt starting blank would tell every loan its price again, a workflow
+        # task for each of the shard's guards (bench/README.md, "Scale")
         self.told: dict[str, dict[str, Sent]] = {}
 
     @activity.defn(name="feed_watch")

@@ -2,7 +2,7 @@
 
 The clients of one venue share what is the same for every account: ccxt's API description and the markets
 (taken from the venue's first client), and one HTTP connection pool. What is left per account is its keys and
-ccxt's per-instance state, ~20 KiB instead of ~200 (bench/README.md, "Scale").
+ccxt's per-instance state (bench/README.md, "Scale").
 
 Paper mode needs no keys from anyone: an account name is turned into a deterministic key pair, and the
 account is created on the simulated venue (with `paper_balance_usdt`) the first time it is used. Live mode
@@ -100,8 +100,8 @@ class VenuePool:
         return self._http
 
     def _tls(self) -> ssl.SSLContext:
-        """One TLS context for every client: the same CA bundle ccxt uses (certifi), loaded once. Each client
-        loading its own cost ~700 KiB and tens of ms of CPU: the largest part of a client, one per account."""
+        """One TLS context for every client: the same CA bundle ccxt uses (certifi), loaded once, not per account
+        (it was the largest part of a client)."""
         if self._ssl is None:
             self._ssl = ssl.create_default_context(cafile=certifi.where())
         return self._ssl

@@ -96,8 +96,8 @@ class LoanTiming(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     sync_every_s: int = Field(300, ge=1, description="read debt, interest and collateral from the venue")
-    # Keep-alives are the guard's idle cost: one signal and one workflow task per loan per interval. At 10 s,
-    # 1,000 loans kept a 2-core worker and dev server busy doing nothing (bench.scale, 100 signals a second).
+    # Keep-alives are the guard's idle cost: one signal and one workflow task per loan per interval; short ones
+    # keep a worker and dev server busy doing nothing (bench/README.md, "Scale").
     # A feed that loses its stream reconnects after STREAM_SILENT_S and tells its loans (feed_down), which
     # poll at once; stale_after_s is only the backstop for a feed that is not running at all.
     stale_after_s: int = Field(900, ge=1, description="no feed tick this long: alert and poll the price")
@@ -122,14 +122,13 @@ class LoanGuardInput(BaseModel):
     hedge_leverage: Decimal = Field(Decimal(2), ge=1, le=10,
                                     description="leverage cap for the hedge short, so its own liquidation stays far off")
     timing: LoanTiming = LoanTiming()
-    # a resting order is checked every fill_check_s: at 2 s, a thousand hedged loans polled their orders 500
-    # times a second and the loans still unhedged after a common tick queued behind them (bench.latency); at
-    # 10 s (the replace interval) the cancel-and-replace is the check, and its cancel answers with the fills
+    # a resting order is checked every fill_check_s: at the replace interval the cancel-and-replace is the check, and
+    # its cancel answers with the fills (more often, many hedged loans' polls queue up the ones still unhedged)
     hedge_policy: OrderPolicy = OrderPolicy(replace_after_s=10, fill_check_s=10, reconcile_every_s=60)
     continue_as_new_after: int | None = Field(None, ge=200)
     # at rest (SAFE, nothing in flight) the guard continues as new from this many events (None: the default, 150): the
-    # worker holds ~2 KiB per workflow task a cached run has processed until the run ends (bench.run_memory), so a guard
-    # waking every few minutes would otherwise grow to its 6,000-event run, ~2 MiB, before letting go
+    # worker holds memory per workflow task a cached run has processed until the run ends (bench.run_memory), so a
+    # guard waking every few minutes would otherwise grow all the way to its full-length run before letting go
     rest_continue_as_new_after: int | None = Field(None, ge=50)
     carry: LoanCarry | None = None
 

@@ -103,3 +103,13 @@ async def _run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     import asyncio
 
     return await asyncio.to_thread(starter, *args, env=env)
+
+
+def test_amounts_print_to_the_venues_precision():
+    """A debt with interest accrued to 28 digits and a zero carried as 0E-12 print as a person reads them."""
+    from starter import btc, usdt
+
+    assert usdt(D("24000.1234567890123456789012345")) == "24000.12"
+    assert usdt(D("0E-12")) == "0.00" and btc(D("0E-12")) == "0"
+    assert btc(D("1.50000000")) == "1.5" and btc(D("0.123456789")) == "0.12345679" and btc(D("-0.5")) == "-0.5"
+    assert usdt(D("1E+3")) == "1000.00"

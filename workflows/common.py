@@ -12,7 +12,7 @@ with workflow.unsafe.imports_passed_through():
     from models.hedge import Alert
 
 # how a book names itself when it pauses or closes its own hedge: not an operator command, so not told
-BOOK_SENDER = "loan guard"
+BOOK_SENDER = "book:"  # e.g. "book:loan L-1"
 ALERT_CALL = dict(start_to_close_timeout=timedelta(seconds=30), schedule_to_close_timeout=timedelta(hours=1))
 
 

@@ -407,7 +407,7 @@ class LoanGuardWorkflow:
             self.closing_hedge, self.hedge_closed = False, True  # nothing was started: nothing to close
         if self.closing_hedge or self.hedge_closed:
             if self.closing_hedge and self.sent_target is not None:
-                await self._signal_hedge("force_close", f"{BOOK_SENDER} {self.inp.loan_id}: "
+                await self._signal_hedge("force_close", f"{BOOK_SENDER}loan {self.inp.loan_id}: "
                                          + ("unenrol" if self.unenrolling else "operator"))
                 self.sent_target = None
                 self.next_facts = workflow.now() + timedelta(seconds=1)  # see the close through promptly
@@ -423,7 +423,7 @@ class LoanGuardWorkflow:
                 return
             await self._start_hedge(target, urgency)
         if self.paused != self.hedge_paused_sent:
-            await self._signal_hedge("pause" if self.paused else "resume", f"{BOOK_SENDER} {self.inp.loan_id}")
+            await self._signal_hedge("pause" if self.paused else "resume", f"{BOOK_SENDER}loan {self.inp.loan_id}")
             self.hedge_paused_sent = self.paused
         if (target, urgency) != (self.sent_target, self.sent_urgency):
             await self._retarget(target, urgency)
@@ -446,7 +446,7 @@ class LoanGuardWorkflow:
         self.hedge_paused_sent = False
         if self.paused:
             # a paused guard's new hedge must hold its target, not trade on it before the pause arrives
-            await self._signal_hedge("pause", f"{BOOK_SENDER} {self.inp.loan_id}")
+            await self._signal_hedge("pause", f"{BOOK_SENDER}loan {self.inp.loan_id}")
             self.hedge_paused_sent = True
         await self._retarget(target, urgency)
 
