@@ -33,6 +33,7 @@ from models.loan_guard import (
     MarginTopUp,
     PriceRequest,
     PriceTick,
+    TreasuryAction,
     TreasuryOutcome,
     TreasuryRequest,
     feed_shard,
@@ -100,10 +101,10 @@ class LoanGuardActivities:
         try:
             result = await ops.repay(req.key, req.usdt)
         except OrderRejected as rej:
-            return TreasuryOutcome(key=req.key, kind="repay", usdt=ZERO, refused=str(rej))
+            return TreasuryOutcome(key=req.key, kind=TreasuryAction.REPAY, usdt=ZERO, refused=str(rej))
         except VenueError as err:
             raise as_activity_error(err) from None
-        return TreasuryOutcome(key=req.key, kind="repay", usdt=result.amount, already_done=result.already_done)
+        return TreasuryOutcome(key=req.key, kind=TreasuryAction.REPAY, usdt=result.amount, already_done=result.already_done)
 
     @activity.defn(name="loan_add_collateral")
     async def add_collateral(self, req: TreasuryRequest) -> TreasuryOutcome:
@@ -112,18 +113,18 @@ class LoanGuardActivities:
         try:
             fill = await venue.buy_spot(spot_client_id(req.key), req.usdt)
         except OrderRejected as rej:
-            return TreasuryOutcome(key=req.key, kind="add_collateral", usdt=ZERO, refused=str(rej))
+            return TreasuryOutcome(key=req.key, kind=TreasuryAction.ADD_COLLATERAL, usdt=ZERO, refused=str(rej))
         except VenueError as err:
             raise as_activity_error(err) from None
         btc = fill.btc_received.quantize(Decimal("0.00000001"), rounding=ROUND_DOWN)
         try:
             result = await LoanOps(self.store, venue).add_collateral(req.key, btc)
         except OrderRejected as rej:
-            return TreasuryOutcome(key=req.key, kind="add_collateral", usdt=fill.usdt_spent, btc=ZERO,
+            return TreasuryOutcome(key=req.key, kind=TreasuryAction.ADD_COLLATERAL, usdt=fill.usdt_spent, btc=ZERO,
                                    refused=f"bought {btc} BTC but the loan refused it: {rej}")
         except VenueError as err:
             raise as_activity_error(err) from None
-        return TreasuryOutcome(key=req.key, kind="add_collateral", usdt=fill.usdt_spent, btc=result.amount,
+        return TreasuryOutcome(key=req.key, kind=TreasuryAction.ADD_COLLATERAL, usdt=fill.usdt_spent, btc=result.amount,
                                already_done=result.already_done)
 
     @activity.defn(name="loan_margin_topup")
@@ -136,10 +137,10 @@ class LoanGuardActivities:
                                                                       "margin": str(req.usdt), "positionIdx": 0},
                               retries_unavailable=0)
         except OrderRejected as rej:
-            return TreasuryOutcome(key=req.key, kind="margin_topup", usdt=ZERO, refused=str(rej))
+            return TreasuryOutcome(key=req.key, kind=TreasuryAction.MARGIN_TOPUP, usdt=ZERO, refused=str(rej))
         except VenueError as err:
             raise as_activity_error(err) from None
-        return TreasuryOutcome(key=req.key, kind="margin_topup", usdt=req.usdt)
+        return TreasuryOutcome(key=req.key, kind=TreasuryAction.MARGIN_TOPUP, usdt=req.usdt)
 
     # -- the price feed's subscriptions ----------------------------------------------------------------
     def _feed(self, venue: str, symbol: str, loan_id: str) -> WorkflowHandle:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime
 from decimal import Decimal
+from enum import StrEnum
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -147,9 +148,25 @@ class PriceTick(BaseModel):
     source: str = "feed"
 
 
+class TreasuryAction(StrEnum):
+    """What the treasury did with an amount; a money move names the activity that makes it."""
+
+    REPAY = "repay"
+    ADD_COLLATERAL = "add_collateral"
+    RESERVE = "reserve"
+    DEPLOY_RESERVE = "deploy_reserve"  # a repayment out of the reserve
+    MARGIN_TOPUP = "margin_topup"
+
+    @property
+    def activity(self) -> str:
+        return {TreasuryAction.REPAY: "loan_repay", TreasuryAction.DEPLOY_RESERVE: "loan_repay",
+                TreasuryAction.ADD_COLLATERAL: "loan_add_collateral",
+                TreasuryAction.MARGIN_TOPUP: "loan_margin_topup"}[self]
+
+
 class TreasuryRecord(BaseModel):
     key: str
-    kind: str  # repay | add_collateral | reserve | deploy_reserve | margin_topup
+    kind: TreasuryAction
     usdt: Decimal
     btc: Decimal = Decimal(0)
     at: datetime
@@ -167,10 +184,8 @@ class RealiseState(BaseModel):
 class PendingMove(BaseModel):
     """A treasury move sent but not yet answered; asked again under the same key until it is."""
 
-    activity: str
-    kind: str
+    kind: TreasuryAction  # repay (from the reserve: deploy_reserve) or add_collateral
     request: TreasuryRequest
-    from_reserve: bool = False
 
 
 class LoanCarry(BaseModel):
@@ -300,7 +315,7 @@ class TreasuryRequest(BaseModel):
 
 class TreasuryOutcome(BaseModel):
     key: str
-    kind: str
+    kind: TreasuryAction
     usdt: Decimal
     btc: Decimal = Decimal(0)
     already_done: bool = False

@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
         PriceRequest,
         PriceTick,
         RealiseState,
+        TreasuryAction,
         TreasuryOutcome,
         TreasuryRecord,
         TreasuryRequest,
@@ -469,7 +470,7 @@ class LoanGuardWorkflow:
         left = (self.facts.realised_pnl if self.facts else ZERO) - self.allocated
         if left > 0:
             self.reserve += left
-            self._record(TreasuryRecord(key=self._next_key("k"), kind="reserve", usdt=left, at=workflow.now(),
+            self._record(TreasuryRecord(key=self._next_key("k"), kind=TreasuryAction.RESERVE, usdt=left, at=workflow.now(),
                                         note=f"profit of hedge {self._hedge_id()}, {how}"))
         self.allocated = ZERO  # the next hedge's ledger starts from zero
         self.closing_hedge, self.hedge_closed = False, True
@@ -518,7 +519,7 @@ class LoanGuardWorkflow:
         if outcome.refused:
             self.treasury_backoff = workflow.now() + timedelta(seconds=60)
         self._spend_reserve(outcome.usdt)
-        self._record(TreasuryRecord(key=key, kind="margin_topup", usdt=outcome.usdt, at=workflow.now(),
+        self._record(TreasuryRecord(key=key, kind=TreasuryAction.MARGIN_TOPUP, usdt=outcome.usdt, at=workflow.now(),
                                     note=outcome.refused or "hedge margin topped up from the reserve"))
         self.next_facts = workflow.now()
 
@@ -560,44 +561,43 @@ class LoanGuardWorkflow:
         self.allocated += available
         if action.kind == TreasuryKind.RESERVE:
             self.reserve += available
-            self._record(TreasuryRecord(key=self._next_key("k"), kind="reserve", usdt=available, at=workflow.now(),
+            self._record(TreasuryRecord(key=self._next_key("k"), kind=TreasuryAction.RESERVE, usdt=available, at=workflow.now(),
                                         note=f"LTV {self.ltv:.2f} % between {self.cfg.repay_below} and {self.cfg.caution}"))
             return
         self.reserve += action.kept
         if action.kind == TreasuryKind.REPAY:
             capped = min(usdt, self.principal + self.interest)
             self.reserve += usdt - capped  # more than the debt: the rest is kept
-            await self._move("loan_repay", "repay", capped)
+            await self._move(TreasuryAction.REPAY, capped)
         else:
-            await self._move("loan_add_collateral", "add_collateral", usdt)
+            await self._move(TreasuryAction.ADD_COLLATERAL, usdt)
 
-    async def _move(self, activity: str, kind: str, usdt: Decimal, *, from_reserve: bool = False) -> None:
+    async def _move(self, kind: TreasuryAction, usdt: Decimal) -> None:
         if usdt <= 0:
             return
-        key = self._next_key("r" if kind == "repay" else "c")
+        key = self._next_key("c" if kind == TreasuryAction.ADD_COLLATERAL else "r")
         # kept until the venue answers: a move whose activity gave up is asked again under the same key
-        self.pending = PendingMove(activity=activity, kind=kind, request=TreasuryRequest(key=key, loan=self.ref, usdt=usdt),
-                                   from_reserve=from_reserve)
+        self.pending = PendingMove(kind=kind, request=TreasuryRequest(key=key, loan=self.ref, usdt=usdt))
         await self._run_pending()
 
     async def _run_pending(self) -> None:
         assert self.pending is not None
-        activity, kind, usdt, key = (self.pending.activity, self.pending.kind, self.pending.request.usdt,
-                                     self.pending.request.key)
-        from_reserve = self.pending.from_reserve
-        outcome: TreasuryOutcome = await workflow.execute_activity(activity, self.pending.request,
+        kind, usdt, key = self.pending.kind, self.pending.request.usdt, self.pending.request.key
+        from_reserve = kind == TreasuryAction.DEPLOY_RESERVE
+        outcome: TreasuryOutcome = await workflow.execute_activity(kind.activity, self.pending.request,
                                                                    result_type=TreasuryOutcome, **MONEY_CALL)
         self.pending = None
         if outcome.refused:
             self.treasury_backoff = workflow.now() + timedelta(seconds=60)
             if not from_reserve:
                 self.reserve += usdt - outcome.usdt  # not spent: kept
-            self._alert("WARNING", "treasury-refused", f"loan {self.inp.loan_id}: {kind} refused by the venue",
+            what = "repay" if from_reserve else kind.value.replace("_", " ")
+            self._alert("WARNING", "treasury-refused", f"loan {self.inp.loan_id}: {what} refused by the venue",
                         outcome.refused)
         elif from_reserve:
             self._spend_reserve(outcome.usdt)
         note = outcome.refused or ("already done (found at the venue)" if outcome.already_done else "done")
-        self._record(TreasuryRecord(key=key, kind=("deploy_reserve" if from_reserve else kind), usdt=outcome.usdt,
+        self._record(TreasuryRecord(key=key, kind=kind, usdt=outcome.usdt,
                                     btc=outcome.btc, at=workflow.now(), note=note))
         await self._sync_loan()
         if self.collateral > 0:
@@ -614,8 +614,7 @@ class LoanGuardWorkflow:
             return
         need = repay_to_reach(self.principal + self.interest, self.collateral, risk_price(self.tick.last, self.tick.index),
                               self.cfg.target)
-        await self._move("loan_repay", "repay", min(pool, need).quantize(Decimal("0.01"), rounding=ROUND_DOWN),
-                         from_reserve=True)
+        await self._move(TreasuryAction.DEPLOY_RESERVE, min(pool, need).quantize(Decimal("0.01"), rounding=ROUND_DOWN))
 
     def _spend_reserve(self, usdt: Decimal) -> None:
         from_enrol = min(usdt, self.enrol_reserve)
@@ -627,9 +626,9 @@ class LoanGuardWorkflow:
         self.last_treasury = record
         debt, collateral = self.principal + self.interest, self.collateral
         moved = record.usdt > 0 or record.btc > 0
-        if record.kind in ("repay", "deploy_reserve"):
+        if record.kind in (TreasuryAction.REPAY, TreasuryAction.DEPLOY_RESERVE):
             debt -= record.usdt
-        elif record.kind == "add_collateral":
+        elif record.kind == TreasuryAction.ADD_COLLATERAL:
             collateral += record.btc
         figures = ""
         if self.tick is not None and self.ltv is not None and collateral > 0:
