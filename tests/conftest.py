@@ -94,6 +94,20 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(data, ignore_errors=True)
 
 
+# -- market data -------------------------------------------------------------------------------------
+def require_market_data(*files: str) -> None:
+    """Fail, never skip, when a file a test reads from ../shared/data is missing: every machine of the project, CI's
+    included, has that folder beside the repository, so a missing file is a broken setup, and a skip would hide
+    the tests that read it (the crash scenario and chaos tests fail without it anyway)."""
+    from sim.replay import DATA_DIR
+
+    missing = [name for name in files if not (DATA_DIR / name).is_file()]
+    if missing:
+        pytest.fail(f"market data missing from {DATA_DIR}: {', '.join(missing)}. The tests read it from the shared/data "
+                    "folder beside the repository (../shared/data), or from the folder HEDGEGUARD_DATA_DIR names",
+                    pytrace=False)
+
+
 # -- the simulated venues ----------------------------------------------------------------------------
 TEST_PRICES = {"BTCUSDT": "60000", "ETHUSDT": "3000"}  # round numbers set by the tests, not market history
 
