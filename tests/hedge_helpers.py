@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import UTC, datetime
 from decimal import Decimal as D
 
+from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
@@ -57,6 +59,23 @@ async def until(env: WorkflowEnvironment, handle: WorkflowHandle, predicate: Cal
             raise AssertionError(f"not reached within {within_s}s of workflow time: {view.model_dump_json(indent=1)}")
         await env.sleep(step_s)
         waited += step_s
+
+
+async def scheduled_at(handle: WorkflowHandle, activity_type: str, *, after: datetime) -> datetime:
+    """Workflow time at which the hedge first scheduled `activity_type` after `after`, read from its history."""
+    async for event in handle.fetch_history_events():
+        at = event.event_time.ToDatetime(tzinfo=UTC)
+        if (event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED and at >= after
+                and event.activity_task_scheduled_event_attributes.activity_type.name == activity_type):
+            return at
+    raise AssertionError(f"no {activity_type} scheduled after {after.isoformat()}")
+
+
+async def signalled_at(handle: WorkflowHandle, signal: str) -> list[datetime]:
+    """Workflow times at which the hedge received `signal`, in order."""
+    return [event.event_time.ToDatetime(tzinfo=UTC) async for event in handle.fetch_history_events()
+            if event.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_SIGNALED
+            and event.workflow_execution_signaled_event_attributes.signal_name == signal]
 
 
 def venue_orders(sim, venue: str = "bybit") -> list:

@@ -15,10 +15,14 @@ import bench.backtest_loans as bl
 from bench.loan_backtest import CRASH_FILES, PERP_TAKER_FEE, SPOT_FEE, Decision, Loan
 from risk.loan import HUNDRED, ZERO, Band, TreasuryKind, band_for, margin_needs_topup
 from sim.replay import DATA_DIR, FUNDING_FILE, FundingHistory, load_bars
-
-pytestmark = pytest.mark.skipif(not (DATA_DIR / bl.HOURLY_FILE).exists(), reason=f"no market data in {DATA_DIR}")
+from tests.conftest import require_market_data
 
 PLANS = {p.name: p for p in bl.plans()}
+
+
+@pytest.fixture(scope="module", autouse=True)
+def market_data() -> None:
+    require_market_data(bl.HOURLY_FILE, FUNDING_FILE, CRASH_FILES[0])
 
 
 def day(text: str) -> datetime:

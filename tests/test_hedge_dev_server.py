@@ -183,7 +183,10 @@ async def test_operator_commands_on_a_running_hedge(dev_env, dev_worker, sim, st
     import uuid
 
     hedge_id = f"ops-{uuid.uuid4().hex[:8]}"
-    handle = await start_hedge(dev_env, dev_worker, hedge_id=hedge_id, target="0.01", workflow_id=f"hedge-{hedge_id}")
+    # the first order rests until the test replaces it: each CLI run below takes seconds, more on a busy machine, and
+    # the default 30 s replacement on the dev server's wall clock took the order away between two of them
+    handle = await start_hedge(dev_env, dev_worker, hedge_id=hedge_id, target="0.01", workflow_id=f"hedge-{hedge_id}",
+                               policy=OrderPolicy(replace_after_s=3600))
     await wait_for(handle, lambda v: v.open_order is not None)
     env = {k: v for k, v in os.environ.items() if not k.startswith("HEDGEGUARD_") and k != "DATABASE_URL"}
     env.update(HEDGEGUARD_TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,

@@ -16,20 +16,12 @@ from tests.hedge_helpers import start_hedge, state, until, venue_orders
 from workflows.hedge import HedgeWorkflow
 
 
-async def failure_of(handle) -> str:
-    """Why a workflow failed, found by polling (awaiting result() on the time-skipping server while another
-    workflow runs upsets its time-skipping lock for the tests that follow)."""
-    from temporalio.api.enums.v1 import EventType
-    from temporalio.client import WorkflowExecutionStatus
-
-    for _ in range(200):
-        if (await handle.describe()).status == WorkflowExecutionStatus.FAILED:
-            break
-        await asyncio.sleep(0.05)
-    failed = [e for e in (await handle.fetch_history()).events
-              if e.event_type == EventType.EVENT_TYPE_WORKFLOW_EXECUTION_FAILED]
-    assert failed, "the workflow did not fail"
-    return failed[0].workflow_execution_failed_event_attributes.failure.message
+async def failure_of(env, handle) -> str:
+    """Why a workflow failed. Its result is awaited with the clock held: the failure comes from its first task, and
+    a clock let run would take the test's other hedge on through its timers meanwhile."""
+    with env.auto_time_skipping_disabled(), pytest.raises(WorkflowFailureError) as failed:
+        await handle.result()
+    return failed.value.cause.message
 
 
 async def test_a_place_that_fails_for_minutes_retries_its_own_client_id_not_a_new_one(ts_env, hedge_worker, sim):
@@ -85,13 +77,13 @@ async def test_a_restarted_hedge_tags_its_client_ids_and_a_closed_one_refuses_to
     await second.signal(HedgeWorkflow.force_close, "done")
     assert (await second.result()).status == "CLOSED"
     third = await start_hedge(ts_env, hedge_worker, target="0.01", policy=critical, workflow_id="hedge-third")
-    assert "is closed; a new hedge needs a new id" in await failure_of(third)
+    assert "is closed; a new hedge needs a new id" in await failure_of(ts_env, third)
 
 
 async def test_a_second_hedge_on_the_same_account_and_symbol_is_refused(ts_env, hedge_worker, sim):
     await until(ts_env, await start_hedge(ts_env, hedge_worker, target="0.01"), lambda v: v.open_order is not None)
     other = await start_hedge(ts_env, hedge_worker, hedge_id="loan-L-2", target="0.01")
-    assert "hedge loan-L-1 is already active on bybit:desk BTCUSDT" in await failure_of(other)
+    assert "hedge loan-L-1 is already active on bybit:desk BTCUSDT" in await failure_of(ts_env, other)
 
 
 async def test_cancelling_the_workflow_leaves_no_order_resting(ts_env, hedge_worker, sim):

@@ -23,12 +23,16 @@ from bench.loan_backtest import (
 )
 from risk.loan import ZERO, TreasuryKind
 from sim.replay import DATA_DIR, FUNDING_FILE, FundingHistory, load_bars, path_points
+from tests.conftest import require_market_data
 
 MARCH_2020 = CRASH_FILES[0]
 RECOMMENDED = Policy((D("1.0"), D("1.2"), D("1.5")), always_repay=True)
 DEFAULTS = (D("0.5"), D("0.8"), D("1.0"))
 
-pytestmark = pytest.mark.skipif(not (DATA_DIR / MARCH_2020).exists(), reason=f"no market data in {DATA_DIR}")
+
+@pytest.fixture(scope="module", autouse=True)
+def market_data() -> None:
+    require_market_data(HOURLY_FILE, FUNDING_FILE, *CRASH_FILES[:2])
 
 
 @pytest.fixture(scope="module")

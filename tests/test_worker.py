@@ -8,7 +8,6 @@ import binascii
 import json
 import uuid
 
-import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from activities.store import Store
@@ -79,16 +78,6 @@ async def test_no_secret_from_the_environment_appears_in_history(dev_env: Workfl
     assert "loan-desk" in raw and "keys_present" in raw  # the scan sees decoded payloads
     for secret in (KEY, SECRET, "bnk-file-key-0001", "bns-file-secret-0002"):
         assert secret not in raw
-
-
-@pytest.mark.parametrize("attribute", ["Book", "ExposureId", "Venue", "Symbol", "HedgeStatus", "RiskState", "LoanId",
-                                       "LtvPct", "Paused"])
-async def test_search_attributes_are_registered(dev_env: WorkflowEnvironment, attribute: str):
-    from temporalio.api.operatorservice.v1 import ListSearchAttributesRequest
-
-    resp = await dev_env.client.operator_service.list_search_attributes(
-        ListSearchAttributesRequest(namespace=dev_env.client.namespace))
-    assert attribute in resp.custom_attributes
 
 
 async def test_worker_registers_missing_search_attributes_in_a_new_namespace(dev_env: WorkflowEnvironment):
