@@ -523,8 +523,16 @@ def _loan_table(view: LoanView) -> list[list[Any]]:
 
 
 async def cmd_loan_status(args: argparse.Namespace, settings: Settings) -> int:
+    from temporalio.client import WorkflowQueryFailedError
+    from temporalio.service import RPCError
+
     handle = await _loan_handle(settings, args.loan_id)
-    view = await handle.query(LoanGuardWorkflow.state, rpc_timeout=QUERY_TIMEOUT)
+    try:
+        view = await handle.query(LoanGuardWorkflow.state, rpc_timeout=QUERY_TIMEOUT)
+    except (RPCError, WorkflowQueryFailedError) as err:
+        # no worker answered in time: one that just died leaves the run on its queue until the server gives up on it
+        raise UserError(f"loan {args.loan_id}: its guard did not answer the status query ({err}); is a worker "
+                        f"running? A worker that just restarted takes it back within seconds: try again") from None
     emit(args, view.model_dump(mode="json"), _loan_table(view))
     return 0
 
