@@ -582,9 +582,15 @@ async def cmd_loan_signal(args: argparse.Namespace, settings: Settings) -> int:
 async def _pause_seen(handle, within_s: float = 10.0) -> str:
     """The guard has taken the pause once its state says so; from then on its hedge (the only code that trades)
     is told to place nothing. Say what was seen."""
+    from temporalio.client import WorkflowQueryFailedError
+    from temporalio.service import RPCError
+
     deadline = time.monotonic() + within_s
     while True:
-        view = await handle.query(LoanGuardWorkflow.state)
+        try:
+            view = await handle.query(LoanGuardWorkflow.state, rpc_timeout=QUERY_TIMEOUT)
+        except (RPCError, WorkflowQueryFailedError) as err:
+            return f"; NOT CONFIRMED: the guard did not answer ({err}); see `starter.py loan status`"
         if view.paused:
             return "; the guard confirms it is paused"
         if time.monotonic() > deadline:

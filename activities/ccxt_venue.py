@@ -604,7 +604,7 @@ class BybitVenue(CcxtVenue):
 
     async def set_leverage(self, symbol: str, leverage: Decimal) -> None:
         """Bybit answers 110043 ("leverage not modified") when it already is: that is success."""
-        lev = str(leverage.normalize())
+        lev = f"{leverage.normalize():f}"  # 10, not 1E+1
         try:
             await self._call("private_post_v5_position_set_leverage", {"category": "linear", "symbol": symbol,
                                                                        "buyLeverage": lev, "sellLeverage": lev})

@@ -103,20 +103,28 @@ class HedgeActivities:
     @activity.defn(name="hedge_open")
     async def open(self, req: OpenHedge) -> HedgeRecord:
         """Everything a hedge needs before it trades, in one activity: its store row, the market's lot sizes and,
-        for a perp with a leverage cap, the cap set at the venue."""
+        for a perp with a leverage cap, the cap set at the venue while the hedge holds nothing (a restarted hedge
+        with a position keeps the leverage it traded at; a failure to set it is retried, never the hedge's end)."""
         venue = await self._venue(req.ref.venue, req.ref.account)
         try:
             info = (await venue.markets()).get(req.ref.symbol)
-            if info is None:
-                raise ApplicationError(f"{req.ref.venue} lists no linear perpetual {req.ref.symbol}", type="UnknownSymbol",
-                                       non_retryable=True)
-            if req.leverage is not None:
-                await venue.set_leverage(req.ref.symbol, req.leverage)
         except VenueError as err:
             raise as_activity_error(err) from None
+        if info is None:
+            raise ApplicationError(f"{req.ref.venue} lists no linear perpetual {req.ref.symbol}", type="UnknownSymbol",
+                                   non_retryable=True)
         market = MarketFacts(tick_size=info.tick_size, qty_step=info.qty_step, min_qty=info.min_qty,
                              min_notional=info.min_notional)
-        return await self._ensure(req, market)
+        record = await self._ensure(req, market)
+        if req.leverage is not None:
+            hedge = await asyncio.to_thread(self.store.get_hedge, req.ref.hedge_id)
+            if hedge is not None and hedge.current_size == 0:
+                try:
+                    await venue.set_leverage(req.ref.symbol, req.leverage)
+                except VenueError as err:
+                    raise ApplicationError(f"cannot set {req.ref.symbol} leverage to {req.leverage}: {err}",
+                                           type="LeverageNotSet") from None
+        return record
 
     async def _ensure(self, req: OpenHedge, market: MarketFacts) -> HedgeRecord:
         config: dict[str, Any] = {"book": req.book, "exposure_id": req.exposure_id, "side": req.side.value}
@@ -239,8 +247,8 @@ class HedgeActivities:
                     ledger = await asyncio.to_thread(self.store.get_hedge, ref.hedge_id)
                     if look or ledger is None or ledger.current_size == venue_size:
                         break
-                    # a fill that landed between the fill list and the position read (a reflex the feed sent, an
-                    # order filling) is not a disagreement: list the fills once more, then compare again
+                    # a fill that landed between the fill list and the position read (an order
+                    # filling) is not a disagreement: list the fills once more, then compare again
                     await asyncio.sleep(RECONCILE_RECHECK_S)
                     await pull()
                 if position.mark_price is not None:

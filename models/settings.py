@@ -70,9 +70,9 @@ class Settings(BaseSettings):
     temporal_address: str = Field("127.0.0.1:7233", description="host:port of the Temporal frontend")
     temporal_namespace: str = Field("default", min_length=1)
     task_queue: str = Field("hedgeguard", min_length=1)
-    deployment_name: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$", description="Temporal worker deployment; empty: "
-                                 "unversioned workers (README, 'Versioning')")
-    build_id: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$", description="this worker's version in the deployment "
+    deployment_name: str = Field("", pattern=r"^[A-Za-z0-9_-]*$", max_length=255,
+                                 description="Temporal worker deployment; empty: unversioned workers (README, 'Versioning')")
+    build_id: str = Field("", pattern=r"^[A-Za-z0-9_.-]*$", max_length=255, description="this worker's version in the deployment "
                           "(a release tag); required with deployment_name")
     database_url: str = Field(
         "sqlite:///.state/hedgeguard.db",

@@ -254,3 +254,34 @@ async def test_a_continued_run_shows_the_last_ltv_and_hedge_costs_while_its_loan
     sim.faults.clear()  # the venue answers again: the run reads and evaluates its own figures
     sim.market.set_price("BTCUSDT", D("52700"))
     await wait_loan(again, lambda v: settled("CAUTION")(v) and v.hedge_current_btc > 0, within_s=60)
+
+
+async def test_a_hedge_opened_by_a_gap_into_danger_trades_at_dangers_urgency_from_its_first_order(
+        dev_env, loan_worker, sim, paper_settings):
+    """A loan whose first short is needed in DANGER (a gap over CAUTION) gets its first order at the urgent rung,
+    not a passive one resting until the retarget that follows the hedge's start catches up."""
+    from models.hedge import HedgeInput, PlaceHedgeOrder
+    from risk.pricing import Urgency
+
+    await open_loan(sim, paper_settings, "gap", "1", "24000")  # 40 % at 60000
+    no_treasury = FAST.model_copy(update={"min_treasury_usdt": D("1e9")})
+    handle = await enrol(dev_env.client, loan_worker, "GAP-1", "gap", hedge_policy=FAST_HEDGE, timing=no_treasury)
+    await wait_loan(handle, lambda v: v.ltv_pct is not None and v.price_source == "feed")
+    sim.market.set_price("BTCUSDT", D("49500"))  # 48.5 %: DANGER straight from SAFE
+    view = await wait_loan(handle, lambda v: v.band == "DANGER" and v.hedge_started)
+    hedge = dev_env.client.get_workflow_handle(f"hedge-{view.hedge_id}")
+    deadline = time.monotonic() + 30
+    while True:
+        history = await hedge.fetch_history()
+        places = [e.activity_task_scheduled_event_attributes for e in history.events
+                  if e.activity_task_scheduled_event_attributes.activity_type.name == "hedge_place"]
+        if places:
+            break
+        assert time.monotonic() < deadline, "the hedge placed no order within 30 s"
+        await asyncio.sleep(0.2)
+    [first] = await dev_env.client.data_converter.decode(places[0].input.payloads, [PlaceHedgeOrder])
+    assert first.rule.kind == StepKind.TOUCH, first  # urgent starts at the touch; normal would start passive
+    # and not by the luck of the retarget arriving first: the hedge starts with DANGER's urgency
+    started = history.events[0].workflow_execution_started_event_attributes
+    [inp] = await dev_env.client.data_converter.decode(started.input.payloads, [HedgeInput])
+    assert inp.policy.urgency == Urgency.URGENT and inp.target == D("1.2")

@@ -43,7 +43,7 @@ async def test_recorded_histories_replay(workflow, runner):
         assert failure is None, f"{path.name}: {failure}"
 
 
-ORDER_ACTIVITIES = {"hedge_place", "hedge_cancel", "hedge_amend"}  # what talks to a venue's order endpoints
+ORDER_ACTIVITIES = {"hedge_place", "hedge_cancel"}  # what talks to a venue's perp order endpoints
 LOCAL_READS_ALLOWED: set[str] = set()  # store reads allowed as local activities: none so far
 
 

@@ -225,8 +225,8 @@ class HedgeWorkflow:
                     if self.reconcile_owed and self._may_place() and self.retry_at is None:
                         await self._place_next()  # a new hedge's ledger is empty by construction: trade first
                     if now >= self.next_reconcile or self.reconcile_owed:
-                        self.reconcile_owed = False
                         await self._sync(reconcile=True)
+                        self.reconcile_owed = False
                         self.reconciled_at = workflow.now()
                         self.next_reconcile = self.reconciled_at + timedelta(seconds=self.policy.reconcile_every_s)
                     if self.retry_at is not None and workflow.now() >= self.retry_at:
@@ -265,7 +265,7 @@ class HedgeWorkflow:
             try:
                 record: HedgeRecord = await workflow.execute_activity("hedge_open", OpenHedge(
                     ref=self.ref, book=inp.book, exposure_id=inp.exposure_id, side=inp.side, target=self.target,
-                    leverage=inp.leverage), result_type=HedgeRecord, **VENUE_CALL)
+                    leverage=inp.leverage if inp.carry is None else None), result_type=HedgeRecord, **VENUE_CALL)
                 if inp.carry is None:
                     if record.status == HedgeStatus.CLOSED:
                         raise ApplicationError(f"hedge {self.ref.hedge_id} is closed; a new hedge needs a new id",

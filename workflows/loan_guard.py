@@ -67,7 +67,7 @@ with workflow.unsafe.imports_passed_through():
         risk_price,
         urgency_for,
     )
-    from risk.pricing import round_down_to_step
+    from risk.pricing import Urgency, round_down_to_step
 
 ZERO = Decimal(0)
 QTY_STEP = Decimal("0.001")  # until the hedge's market facts are read
@@ -435,8 +435,9 @@ class LoanGuardWorkflow:
     async def _start_hedge(self, target: Decimal, urgency: str) -> None:
         hedge = HedgeInput(hedge_id=self._hedge_id(), book=Book.LOAN.value, exposure_id=self.inp.loan_id,
                            venue=self.inp.venue, account=self.inp.account, symbol=self.inp.symbol,
-                           side=HedgeSide.SHORT, target=ZERO if self.paused else target, policy=self.inp.hedge_policy,
-                           leverage=self.inp.hedge_leverage)
+                           side=HedgeSide.SHORT, target=target, leverage=self.inp.hedge_leverage,
+                           # the band's urgency from the first order on, not only once the retarget arrives
+                           policy=self.inp.hedge_policy.model_copy(update={"urgency": Urgency(urgency)}))
         try:
             await workflow.start_child_workflow(
                 "HedgeWorkflow", hedge, id=f"hedge-{hedge.hedge_id}", static_summary=hedge.summary(),
