@@ -195,3 +195,20 @@ def chat_settings(sim, store: Store, tmp_path: Path, monkeypatch) -> Settings:
                     smtp_address=sim.urls["smtp"].removeprefix("smtp://"), smtp_user=SIM_SMTP_USER, smtp_ca_file=ca,
                     slack_channel="#hedgeguard-alerts", telegram_chat_ids=[111111], email_to=["ops@hedgeguard.test"],
                     alert_window_s=3, alert_digest="")
+
+
+@pytest.fixture
+async def workers(dev_env, chat_settings, store, task_queue):
+    """The hedging and alert workers as production builds them, with every chat service on its emulator."""
+    from activities.notify import ChatChannels
+    from activities.venues import VenuePool
+    from tests.loan_helpers import end_loan_workflows
+    from worker import build_alert_worker, build_worker
+
+    venues, channels = VenuePool(chat_settings), ChatChannels(chat_settings)
+    async with build_worker(dev_env.client, chat_settings, store, venues, task_queue=task_queue), \
+            build_alert_worker(dev_env.client, chat_settings, channels, task_queue=task_queue):
+        yield task_queue
+        await end_loan_workflows(dev_env.client)
+    await channels.close()
+    await venues.close()

@@ -10,34 +10,17 @@ import logging
 import time
 from decimal import Decimal as D
 
-import pytest
-
-from activities.notify import ChatChannels
 from models.alerts import CommandPoll, alerts_queue
 from sim.chat import SIM_SLACK_TOKEN, SIM_SMTP_PASSWORD, SIM_TELEGRAM_TOKEN
 from tests.alert_helpers import history_text, sent, telegram_from, wait_sent
-from tests.loan_helpers import end_loan_workflows, enrol, open_loan, record_if_asked, wait_loan
+from tests.loan_helpers import enrol, open_loan, record_if_asked, wait_loan
 from tests.test_loan_guard import FAST_HEDGE, settled
-from worker import build_alert_worker, build_worker
 
 OUTAGE_S = 12
 
 
 def hedge_orders(sim, account: str) -> list:
     return [o for a in sim.engines["bybit"].accounts.values() if a.name == account for o in a.orders]
-
-
-@pytest.fixture
-async def workers(dev_env, chat_settings, store, task_queue):
-    from activities.venues import VenuePool
-
-    venues, channels = VenuePool(chat_settings), ChatChannels(chat_settings)
-    async with build_worker(dev_env.client, chat_settings, store, venues, task_queue=task_queue), \
-            build_alert_worker(dev_env.client, chat_settings, channels, task_queue=task_queue):
-        yield task_queue
-        await end_loan_workflows(dev_env.client)
-    await channels.close()
-    await venues.close()
 
 
 async def test_channels_down_delay_no_hedge_and_deliver_afterwards(dev_env, workers, sim, chat_settings):

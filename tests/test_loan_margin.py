@@ -9,28 +9,11 @@ from __future__ import annotations
 import asyncio
 from decimal import Decimal as D
 
-import pytest
-
-from activities.notify import ChatChannels
 from tests.alert_helpers import wait_sent
-from tests.loan_helpers import end_loan_workflows, enrol, loan_state, open_loan, wait_loan
+from tests.loan_helpers import enrol, loan_state, open_loan, wait_loan
 from tests.test_loan_guard import TAKER_HEDGE, settled
-from worker import build_alert_worker, build_worker
 
 RESERVE = D("1000")
-
-
-@pytest.fixture
-async def workers(dev_env, chat_settings, store, task_queue):
-    from activities.venues import VenuePool
-
-    venues, channels = VenuePool(chat_settings), ChatChannels(chat_settings)
-    async with build_worker(dev_env.client, chat_settings, store, venues, task_queue=task_queue), \
-            build_alert_worker(dev_env.client, chat_settings, channels, task_queue=task_queue):
-        yield task_queue
-        await end_loan_workflows(dev_env.client)
-    await channels.close()
-    await venues.close()
 
 
 async def test_a_hedge_near_its_liquidation_price_is_alerted_and_topped_up_from_the_reserve(dev_env, workers, sim,

@@ -14,30 +14,15 @@ from decimal import Decimal as D
 
 import pytest
 
-from activities.notify import ChatChannels
 from activities.store import LoanIntents
 from models.loan import IntentStatus
 from tests.alert_helpers import sent, wait_sent
-from tests.loan_helpers import FAST, end_loan_workflows, enrol, loan_state, open_loan, wait_loan
+from tests.loan_helpers import FAST, enrol, loan_state, open_loan, wait_loan
 from tests.test_loan_guard import TAKER_HEDGE, settled
-from worker import build_alert_worker, build_worker
 
 REPAY = "/v5/crypto-loan-flexible/repay"  # POST; the repayment history (GET) shares the prefix
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture
-async def workers(dev_env, chat_settings, store, task_queue):
-    from activities.venues import VenuePool
-
-    venues, channels = VenuePool(chat_settings), ChatChannels(chat_settings)
-    async with build_worker(dev_env.client, chat_settings, store, venues, task_queue=task_queue), \
-            build_alert_worker(dev_env.client, chat_settings, channels, task_queue=task_queue):
-        yield task_queue
-        await end_loan_workflows(dev_env.client)
-    await channels.close()
-    await venues.close()
 
 
 def repays(sim) -> list[dict]:
